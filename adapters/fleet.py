@@ -1,0 +1,98 @@
+"""The fleet: every vLLM replica, whether it is up, and which adapter versions it holds.
+
+Replicas forget their adapters when they restart; the fleet learns that from the next probe
+(or from a 404 on use) and loads them again on demand, so a restarted replica reconciles
+itself without an operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+
+from adapters.errors import AdapterLoadFailed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Replica:
+    url: str
+    healthy: bool = False
+    in_flight: int = 0
+    base_model: str | None = None  # the name the replica serves its base model under
+    loaded: set[str] = field(default_factory=set)  # adapter versions it holds now
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+
+class Fleet:
+    def __init__(self, urls: list[str], client: httpx.AsyncClient, probe_timeout_s: float = 2.0):
+        self.replicas = [Replica(url) for url in urls]
+        self.client = client
+        self.probe_timeout_s = probe_timeout_s
+        self._next = 0
+
+    def pick_order(self) -> list[Replica]:
+        """Healthy replicas, least busy first (ties rotate); down ones wait for their probe."""
+        n = len(self.replicas)
+        self._next = (self._next + 1) % max(n, 1)
+        rotated = self.replicas[self._next:] + self.replicas[:self._next]
+        return sorted((r for r in rotated if r.healthy), key=lambda r: r.in_flight)
+
+    @property
+    def any_healthy(self) -> bool:
+        return any(r.healthy for r in self.replicas)
+
+    def base_model(self) -> str | None:
+        return next((r.base_model for r in self.replicas if r.base_model), None)
+
+    async def probe(self, replica: Replica) -> None:
+        """Asks a replica what it serves; a replica that does not answer is marked down."""
+        try:
+            resp = await self.client.get(f"{replica.url}/v1/models", timeout=self.probe_timeout_s)
+            resp.raise_for_status()
+            models = resp.json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            if replica.healthy:
+                log.warning("replica %s is down: %r", replica.url, exc)
+            replica.healthy = False
+            replica.loaded.clear()
+            return
+        if not replica.healthy:
+            log.info("replica %s is up", replica.url)
+        replica.base_model = next((m["id"] for m in models if not m.get("parent")), None)
+        replica.loaded = {m["id"] for m in models if m.get("parent")}
+        replica.healthy = True
+
+    async def probe_all(self) -> None:
+        await asyncio.gather(*(self.probe(r) for r in self.replicas))
+
+    def mark_down(self, replica: Replica, reason: object) -> None:
+        log.warning("replica %s failed a request, marking down: %r", replica.url, reason)
+        replica.healthy = False
+        replica.loaded.clear()
+
+    async def ensure_loaded(self, replica: Replica, name: str, path: str) -> None:
+        """Loads adapter version `name` on `replica` unless it already holds it."""
+        if name in replica.loaded:
+            return
+        lock = replica._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name in replica.loaded:
+                return
+            resp = await self.client.post(f"{replica.url}/v1/load_lora_adapter",
+                                          json={"lora_name": name, "lora_path": path})
+            # 400 "already loaded" means another gateway replica got there first: fine.
+            if resp.status_code == 200 or (resp.status_code == 400 and "already" in resp.text):
+                replica.loaded.add(name)
+                log.info("loaded adapter %s on %s", name, replica.url)
+                return
+            raise AdapterLoadFailed(f"replica {replica.url} refused adapter {name}: "
+                                    f"{resp.status_code} {resp.text[:200]}")
+
+    def forget(self, replica: Replica, name: str) -> None:
+        """Called when a replica turns out not to hold `name` after all (it restarted)."""
+        replica.loaded.discard(name)

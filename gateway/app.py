@@ -1,0 +1,98 @@
+"""The gateway's app factory. `create_app(settings)` builds a FastAPI app whose lifespan opens
+the database, the shared upstream client and the fleet, and keeps two loops running:
+replica health probes and registry refreshes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import httpx
+from fastapi import FastAPI
+from starlette.responses import JSONResponse
+
+from adapters.db import make_engine, make_sessionmaker, upgrade
+from adapters.fleet import Fleet
+from gateway.admin.router import router as admin_router
+from gateway.auth import Authenticator
+from gateway.deps import State
+from gateway.errors import install_handlers
+from gateway.openai_api.proxy import Forwarder
+from gateway.openai_api.router import router as openai_router
+from gateway.routing import Router
+from gateway.settings import Settings
+from gateway.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None,
+               migrate: bool = True) -> FastAPI:
+    """`transport` replaces the network under the upstream client (httpx.MockTransport in tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.db_url)
+        if migrate:
+            await anyio.to_thread.run_sync(upgrade, engine)
+        sessions = make_sessionmaker(engine)
+        timeout = httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits) as client:
+            fleet = Fleet(settings.upstreams, client)
+            router = Router(sessions, settings.served_model_name)
+            auth = Authenticator(None if settings.auth == "none" else sessions, settings.auth_cache_ttl_s)
+            state = GatewayState(settings, engine, sessions, client, fleet, router, auth,
+                                 Forwarder(fleet, client))
+            app.state.gateway = state
+            await fleet.probe_all()
+            _adopt_base_model(state)
+            await router.refresh()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_every, settings.health_interval_s, lambda: _probe(state))
+                tasks.start_soon(_every, settings.registry_refresh_s, router.refresh)
+                yield
+                tasks.cancel_scope.cancel()
+        engine.dispose()
+
+    app = FastAPI(title="loraloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    install_handlers(app, settings.retry_after_s)
+    app.include_router(openai_router)
+    app.include_router(admin_router)
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness: the process serves HTTP."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready(state: State) -> JSONResponse:
+        """Readiness: at least one model server is up, so completions can be served."""
+        up = [r.url for r in state.fleet.replicas if r.healthy]
+        body = {"ready": bool(up), "healthy_upstreams": up, "upstreams": len(state.fleet.replicas),
+                "base_model": state.router.base_model}
+        return JSONResponse(body, 200 if up else 503)
+
+    return app
+
+
+def _adopt_base_model(state: GatewayState) -> None:
+    """Without a configured name, apps call the base model by the name the replicas use."""
+    if not state.settings.served_model_name and (name := state.fleet.base_model()):
+        state.router.base_model = name
+
+
+async def _probe(state: GatewayState) -> None:
+    await state.fleet.probe_all()
+    _adopt_base_model(state)
+
+
+async def _every(seconds: float, job) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        await anyio.sleep(seconds)
+        try:
+            await job()
+        except Exception:  # a failed round must not end the loop
+            log.exception("background job failed")

@@ -1,0 +1,100 @@
+"""API keys: created and revoked with the CLI, stored as SHA-256 hashes, checked per request.
+
+Checks hit an in-memory cache; a revoked key stops working within `auth_cache_ttl_s`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+import anyio
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters.errors import Forbidden, NotFound, Unauthenticated
+from adapters.schema import ApiKey, Scope, utcnow
+
+KEY_PREFIX = "ll-"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id, name, scope and tenant."""
+
+    key_id: int | None
+    name: str
+    scope: Scope
+    tenant: str
+
+
+DEV_PRINCIPAL = Principal(None, "development", Scope.admin, "default")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(session: Session, name: str, scope: Scope, tenant: str = "default") -> tuple[str, ApiKey]:
+    """Makes a key; returns the plaintext (shown once, never stored) and its row."""
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name, key_hash=hash_key(plaintext), prefix=plaintext[:10], scope=scope,
+                 tenant=tenant)
+    session.add(row)
+    session.flush()
+    return plaintext, row
+
+
+def revoke_key(session: Session, key_id: int) -> ApiKey:
+    row = session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"API key {key_id} does not exist")
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+    return row
+
+
+def list_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+class Authenticator:
+    def __init__(self, sessions: sessionmaker | None, cache_ttl_s: float):
+        self.sessions = sessions  # None: development mode, every caller is an admin
+        self.cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+
+    def _lookup(self, key_hash: str) -> Principal | None:
+        assert self.sessions is not None
+        with self.sessions() as session:
+            row = session.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
+        if row is None or row.revoked_at is not None:
+            return None
+        return Principal(row.id, row.name, row.scope, row.tenant)
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if self.sessions is None:
+            return DEV_PRINCIPAL
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'.")
+        key_hash = hash_key(authorization[7:].strip())
+        now = time.monotonic()
+        cached = self._cache.get(key_hash)
+        if cached is not None and cached[1] > now:
+            principal = cached[0]
+        else:
+            principal = await anyio.to_thread.run_sync(self._lookup, key_hash)
+            if len(self._cache) > 10_000:  # unknown keys are cached too; keep it bounded
+                self._cache.clear()
+            self._cache[key_hash] = (principal, now + self.cache_ttl_s)
+        if principal is None:
+            raise Unauthenticated("Invalid or revoked API key.")
+        return principal
+
+
+def require_admin(principal: Principal) -> Principal:
+    if principal.scope != Scope.admin:
+        raise Forbidden("This route needs an admin key; app keys may call completions and feedback.")
+    return principal

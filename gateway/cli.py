@@ -1,0 +1,167 @@
+"""The `loraloop` command.
+
+    loraloop serve [--dev]              gateway + (with no LORALOOP_UPSTREAMS) a supervised vLLM
+    loraloop demo-model                 build (or find) the demo base model, print its folder
+    loraloop keys create|list|revoke    API keys
+    loraloop adapters add|list          register adapter folders
+    loraloop aliases set ALIAS VERSION  point an alias at a version
+    loraloop db upgrade                 apply database migrations
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from adapters import registry
+from adapters.db import make_engine, make_sessionmaker, upgrade
+from adapters.errors import LoraloopError
+from adapters.schema import AdapterState, Scope
+from gateway import auth
+from gateway.settings import DEMO_MODEL_NAME, Settings
+
+log = logging.getLogger("loraloop")
+
+
+def build_demo_model(settings: Settings) -> Path:
+    """Builds the demo model in a child process: torch stays out of the gateway's memory."""
+    out = subprocess.run([sys.executable, "-m", "trainer.demo_model", "--data-dir", str(settings.data_dir)],
+                         stdout=subprocess.PIPE, text=True, check=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def sessions_for(settings: Settings):  # type: ignore[no-untyped-def]
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    return make_sessionmaker(engine)
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.engine.supervisor import EngineSupervisor
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = None
+    if settings.embedded:
+        model = settings.base_model or str(build_demo_model(settings))
+        name = settings.served_model_name or (DEMO_MODEL_NAME if not settings.base_model else settings.base_model)
+        supervisor = EngineSupervisor(model, name, settings.engine, settings.data_dir / "logs" / "vllm.log")
+        supervisor.start()
+        settings = settings.model_copy(update={"upstreams": [supervisor.url], "served_model_name": name})
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level="info", access_log=args.access_log)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
+    sessions = sessions_for(settings)
+    with sessions.begin() as session:
+        if args.action == "create":
+            plaintext, row = auth.create_key(session, args.name, Scope(args.scope), args.tenant)
+            print(json.dumps({"id": row.id, "name": row.name, "scope": row.scope.value,
+                              "tenant": row.tenant, "key": plaintext}))
+            print("store this key now: it is not shown again", file=sys.stderr)
+        elif args.action == "revoke":
+            row = auth.revoke_key(session, args.id)
+            print(json.dumps({"id": row.id, "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None}))
+        else:
+            for row in auth.list_keys(session):
+                print(json.dumps({"id": row.id, "name": row.name, "prefix": row.prefix,
+                                  "scope": row.scope.value, "tenant": row.tenant,
+                                  "revoked": row.revoked_at is not None}))
+
+
+def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
+    sessions = sessions_for(settings)
+    with sessions.begin() as session:
+        if args.action == "add":
+            version = registry.register(
+                session, Path(args.path), settings.adapter_store, settings.base_model or DEMO_MODEL_NAME,
+                prefix=args.prefix, max_rank=settings.engine.max_lora_rank,
+                state=AdapterState.approved if args.approve else AdapterState.candidate)
+            if args.alias:
+                registry.set_champion(session, args.alias, version.name)
+            print(json.dumps({"name": version.name, "state": version.state.value, "path": version.path}))
+        else:
+            for v in registry.list_versions(session):
+                print(json.dumps({"name": v.name, "state": v.state.value, "path": v.path}))
+
+
+def cmd_aliases(settings: Settings, args: argparse.Namespace) -> None:
+    with sessions_for(settings).begin() as session:
+        registry.set_champion(session, args.alias, args.version)
+    print(json.dumps({"alias": args.alias, "champion": args.version}))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loraloop", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway (and an embedded vLLM)")
+    serve.add_argument("--dev", action="store_true",
+                       help="development mode: no API keys (sets LORALOOP_ENVIRONMENT/AUTH)")
+    serve.add_argument("--access-log", action="store_true")
+    sub.add_parser("demo-model", help="build the demo base model")
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", choices=[s.value for s in Scope], default="app")
+    create.add_argument("--tenant", default="default")
+    keys_sub.add_parser("revoke").add_argument("id", type=int)
+    keys_sub.add_parser("list")
+    adapters = sub.add_parser("adapters", help="adapter versions")
+    ad_sub = adapters.add_subparsers(dest="action", required=True)
+    add = ad_sub.add_parser("add", help="publish a PEFT LoRA folder to the store and register it")
+    add.add_argument("path")
+    add.add_argument("--prefix", default="adapter", help="version names are PREFIX-<hash>")
+    add.add_argument("--approve", action="store_true",
+                     help="operator approval: servable at once instead of awaiting the gate")
+    add.add_argument("--alias", help="also make it this alias's champion (needs --approve)")
+    ad_sub.add_parser("list")
+    aliases = sub.add_parser("aliases", help="aliases")
+    al_sub = aliases.add_subparsers(dest="action", required=True)
+    set_ = al_sub.add_parser("set")
+    set_.add_argument("alias")
+    set_.add_argument("version")
+    db = sub.add_parser("db", help="database")
+    db.add_argument("action", choices=["upgrade"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "dev", False):
+        os.environ.setdefault("LORALOOP_ENVIRONMENT", "development")
+        os.environ.setdefault("LORALOOP_AUTH", "none")
+    try:
+        settings = Settings()
+        if args.command == "serve":
+            cmd_serve(settings, args)
+        elif args.command == "demo-model":
+            print(build_demo_model(settings))
+        elif args.command == "keys":
+            cmd_keys(settings, args)
+        elif args.command == "adapters":
+            cmd_adapters(settings, args)
+        elif args.command == "aliases":
+            cmd_aliases(settings, args)
+        elif args.command == "db":
+            sessions_for(settings)
+    except LoraloopError as exc:
+        sys.exit(f"error: {exc.message}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Runs the embedded vLLM server as a child process and restarts it when it dies.
+
+The gateway never imports vLLM or torch: the server runs in its own process (its own
+memory, its own crash), reached over loopback like any fleet replica.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from gateway.settings import EngineSettings
+
+log = logging.getLogger(__name__)
+
+
+def vllm_command(model: str, served_name: str, engine: EngineSettings) -> list[str]:
+    return [
+        sys.executable, "-m", "gateway.engine.vllm_launcher",
+        "--model", model, "--served-model-name", served_name,
+        "--host", "127.0.0.1", "--port", str(engine.port),
+        "--enable-lora", "--max-lora-rank", str(engine.max_lora_rank),
+        "--max-loras", str(engine.max_loras), "--max-model-len", str(engine.max_model_len),
+        "--dtype", engine.dtype, *engine.extra_args,
+    ]
+
+
+def vllm_env(engine: EngineSettings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",  # the fleet loads adapters at run time
+        "VLLM_CPU_KVCACHE_SPACE": str(engine.kv_cache_gib),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+    })
+    return env
+
+
+class EngineSupervisor:
+    """Keeps one vLLM server alive: start, wait until healthy, restart with backoff on exit."""
+
+    def __init__(self, model: str, served_name: str, engine: EngineSettings, log_path: Path):
+        self.command = vllm_command(model, served_name, engine)
+        self.env = vllm_env(engine)
+        self.url = f"http://127.0.0.1:{engine.port}"
+        self.startup_timeout_s = engine.startup_timeout_s
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def start(self, wait: bool = True) -> None:
+        self._spawn()
+        if wait:
+            self.wait_healthy()
+        self._watcher = threading.Thread(target=self._watch, name="vllm-supervisor", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logfile = open(self.log_path, "ab")
+        log.info("starting vLLM: %s (log: %s)", " ".join(self.command), self.log_path)
+        # Own process group, so stopping it also stops the engine processes vLLM forks.
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=logfile,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        logfile.close()
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"vLLM not healthy after {self.startup_timeout_s} s; see {self.log_path}")
+
+    def _watch(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            assert self.process is not None
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            self.restarts += 1
+            log.error("vLLM exited with %s; restart %d in %.0f s", code, self.restarts, backoff)
+            self._kill_group()
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, 30.0)
+            self._spawn()
+            try:
+                self.wait_healthy()
+                backoff = 1.0
+            except (RuntimeError, TimeoutError) as exc:
+                log.error("vLLM restart failed: %s", exc)
+
+    def _kill_group(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        self._stopping.set()
+        if self.process is None:
+            return
+        self._kill_group(signal.SIGTERM)
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        self._kill_group(signal.SIGKILL)
+        self.process.wait()

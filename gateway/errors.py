@@ -1,0 +1,71 @@
+"""The one mapping from exceptions to HTTP errors, every body in the OpenAI shape:
+
+    {"error": {"message": ..., "type": ..., "param": ..., "code": ...}}
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+from adapters import errors as e
+
+log = logging.getLogger(__name__)
+
+# exception class -> (status, OpenAI error type, code); the first matching class wins.
+MAPPING: list[tuple[type[Exception], int, str, str | None]] = [
+    (e.Unauthenticated, 401, "authentication_error", "invalid_api_key"),
+    (e.Forbidden, 403, "permission_error", "insufficient_scope"),
+    (e.ModelNotFound, 404, "invalid_request_error", "model_not_found"),
+    (e.NotFound, 404, "not_found_error", "not_found"),
+    (e.RequestTooLarge, 413, "invalid_request_error", "request_too_large"),
+    (e.InvalidRequest, 400, "invalid_request_error", "invalid_request"),
+    (e.InvalidAdapter, 400, "invalid_request_error", "invalid_adapter"),
+    (e.InvalidTransition, 409, "invalid_request_error", "invalid_transition"),
+    (e.NoHealthyUpstream, 503, "service_unavailable", "no_healthy_upstream"),
+    (e.UpstreamTimeout, 504, "timeout", "upstream_timeout"),
+    (e.AdapterLoadFailed, 502, "api_error", "adapter_load_failed"),
+    (e.UpstreamError, 502, "api_error", "bad_upstream"),
+]
+
+
+def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: Exception, retry_after_s: int = 5) -> JSONResponse:
+    for cls, status, type_, code in MAPPING:
+        if isinstance(exc, cls):
+            assert isinstance(exc, e.LoraloopError)
+            headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
+            if status == 401:
+                headers = {"WWW-Authenticate": "Bearer"}
+            return JSONResponse(error_body(exc.message, type_, code, exc.param), status, headers)
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(error_body("internal server error", "api_error", "internal_error"), 500)
+
+
+def install_handlers(app: FastAPI, retry_after_s: int) -> None:
+    async def on_domain(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, retry_after_s)
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), type_, None), exc.status_code, exc.headers)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        field = ".".join(str(p) for p in first["loc"] if p != "body") or None
+        message = f"{field}: {first['msg']}" if field else first["msg"]
+        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", field), 400)
+
+    app.add_exception_handler(e.LoraloopError, on_domain)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Exception, on_domain)

@@ -1,0 +1,79 @@
+"""Routing by the request's `model` field (DESIGN.md):
+
+    the base model's name      -> the base model, no adapter        (arm "base")
+    an adapter version's name  -> that version, pinned              (arm "pinned")
+    an alias                   -> its champion; the base model while it has none
+                                                                    (arm "champion")
+
+The table is a snapshot of the registry, refreshed in the background and once more on a
+miss, so a version registered a moment ago is routable at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import anyio
+from sqlalchemy.orm import sessionmaker
+
+from adapters import registry
+from adapters.errors import ModelNotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Route:
+    upstream_model: str  # the name vLLM is asked for
+    adapter: str | None  # adapter version, None for the base model
+    adapter_path: str | None
+    alias: str | None
+    arm: str
+
+
+class Router:
+    def __init__(self, sessions: sessionmaker, base_model: str, miss_refresh_s: float = 0.5):
+        self.sessions = sessions
+        self.base_model = base_model
+        self.table = registry.RoutingSnapshot(versions={}, aliases={})
+        self.miss_refresh_s = miss_refresh_s
+        self._loaded_at = 0.0
+
+    def _load(self) -> registry.RoutingSnapshot:
+        with self.sessions() as session:
+            return registry.snapshot(session)
+
+    async def refresh(self) -> None:
+        self.table = await anyio.to_thread.run_sync(self._load)
+        self._loaded_at = time.monotonic()
+
+    async def resolve(self, model: str) -> Route:
+        route = self._lookup(model)
+        if route is None and time.monotonic() - self._loaded_at > self.miss_refresh_s:
+            await self.refresh()
+            route = self._lookup(model)
+        if route is None:
+            raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
+                                param="model")
+        return route
+
+    def _lookup(self, model: str) -> Route | None:
+        if model == self.base_model:
+            return Route(self.base_model, None, None, None, "base")
+        path = self.table.versions.get(model)
+        if path is not None:
+            return Route(model, model, path, None, "pinned")
+        if model in self.table.aliases:
+            champion = self.table.aliases[model]
+            if champion is None or champion not in self.table.versions:
+                return Route(self.base_model, None, None, model, "champion")
+            return Route(champion, champion, self.table.versions[champion], model, "champion")
+        return None
+
+    def model_ids(self) -> list[tuple[str, str]]:
+        """(id, kind) of everything apps may name in `model`."""
+        return ([(self.base_model, "base")]
+                + [(name, "adapter") for name in sorted(self.table.versions)]
+                + [(alias, "alias") for alias in sorted(self.table.aliases)])

@@ -1,0 +1,82 @@
+"""Typed settings from the environment: `LORALOOP_<NAME>`, nested with `__`
+(`LORALOOP_ENGINE__MAX_LORAS=8`). Nothing reads the environment outside this module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEMO_MODEL_NAME = "loraloop-demo"
+
+
+class EngineSettings(BaseModel):
+    """The embedded vLLM server `loraloop serve` supervises when no upstreams are given."""
+
+    port: int = Field(8100, description="Loopback port of the supervised vLLM server.")
+    max_loras: int = Field(4, description="Adapters one batch can mix (vLLM --max-loras).")
+    max_lora_rank: int = Field(16, description="Largest adapter rank accepted (--max-lora-rank).")
+    max_model_len: int = Field(512, description="Context length (--max-model-len).")
+    kv_cache_gib: int = Field(1, description="CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
+    dtype: str = Field("auto", description="vLLM --dtype; float32 gives exact HF parity on CPU.")
+    extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")
+    startup_timeout_s: float = Field(300, description="How long vLLM may take to become healthy.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORALOOP_", env_nested_delimiter="__",
+                                      extra="ignore")
+
+    environment: Literal["development", "production"] = "production"
+    auth: Literal["keys", "none"] = Field(
+        "keys", description="'none' serves without API keys; allowed only in development.")
+    data_dir: Path = Field(Path.home() / ".local/share/loraloop",
+                           description="Demo model, adapter store, SQLite database, logs.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite under data_dir.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="vLLM base URLs, comma separated. Empty: start and supervise one.")
+    base_model: str = Field("", description="HF id or local path; empty: the demo model.")
+    served_model_name: str = Field(
+        "", description="Name apps use for the base model; empty: the upstream's own name.")
+
+    max_body_bytes: int = Field(4 << 20, description="Larger request bodies get 413.")
+    connect_timeout_s: float = 3.0
+    upstream_timeout_s: float = Field(300.0, description="Max wait for an upstream's next bytes.")
+    health_interval_s: float = Field(2.0, description="Seconds between upstream health checks.")
+    retry_after_s: int = Field(5, description="Retry-After sent with 503 when no upstream is up.")
+    registry_refresh_s: float = Field(2.0, description="How stale the routing table may get.")
+    auth_cache_ttl_s: float = Field(5.0, description="How long a revoked key may still pass.")
+
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_insecure(self) -> Settings:
+        if self.auth == "none" and self.environment != "development":
+            raise ValueError("LORALOOP_AUTH=none is only allowed with LORALOOP_ENVIRONMENT=development")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'loraloop.db'}"
+
+    @property
+    def adapter_store(self) -> Path:
+        return self.data_dir / "adapters"
+
+    @property
+    def embedded(self) -> bool:
+        """True when loraloop starts its own vLLM rather than fronting existing ones."""
+        return not self.upstreams

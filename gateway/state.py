@@ -1,0 +1,27 @@
+"""What the app's lifespan opens and every route shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
+
+from adapters.fleet import Fleet
+from gateway.auth import Authenticator
+from gateway.openai_api.proxy import Forwarder
+from gateway.routing import Router
+from gateway.settings import Settings
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker
+    client: httpx.AsyncClient
+    fleet: Fleet
+    router: Router
+    auth: Authenticator
+    forwarder: Forwarder

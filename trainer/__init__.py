@@ -1,0 +1,1 @@
+"""Training side: feedback -> preference data -> TRL + PEFT adapters -> eval gate."""

@@ -1,0 +1,3 @@
+from trainer.demo_model.build import main
+
+main()
