@@ -70,5 +70,5 @@ def _check_messages(messages: object) -> None:
         raise InvalidRequest("messages: must be a non-empty array", param="messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InvalidRequest(f"messages.{i}: must be an object with a string 'role'",
+            raise InvalidRequest(f"messages.{i}.role: each message must be an object with a string role",
                                  param=f"messages.{i}.role")

@@ -1,0 +1,89 @@
+"""A fake vLLM fleet for unit tests, served through `httpx.MockTransport`.
+
+It answers what the gateway uses of vLLM's API (models, runtime LoRA loading, completions,
+SSE streaming) and records every request, so tests can assert what reached the engine.
+Replicas can be taken down (connection refused) or made slow (read timeout).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import httpx
+
+BASE = "fake-base"
+
+
+@dataclass
+class FakeReplica:
+    url: str
+    down: bool = False
+    slow: bool = False
+    loaded: dict[str, str] = field(default_factory=dict)
+    seen: list[dict] = field(default_factory=list)  # bodies of completion requests
+    loads: list[str] = field(default_factory=list)
+
+    def restart(self) -> None:
+        self.loaded.clear()
+
+
+class FakeFleet:
+    def __init__(self, n: int = 2):
+        self.replicas = {f"http://r{i}:8000": FakeReplica(f"http://r{i}:8000") for i in range(n)}
+        self.completion_error: httpx.Response | None = None  # answer every completion with this
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self.replicas)
+
+    def transport(self) -> httpx.MockTransport:
+        return httpx.MockTransport(self.handle)
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        replica = self.replicas[f"{request.url.scheme}://{request.url.host}:{request.url.port}"]
+        if replica.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        path = request.url.path
+        if path == "/v1/models":
+            data = [{"id": BASE, "parent": None}] + [{"id": n, "parent": BASE} for n in replica.loaded]
+            return httpx.Response(200, json={"object": "list", "data": data})
+        if path == "/v1/load_lora_adapter":
+            body = json.loads(request.content)
+            if body["lora_name"] in replica.loaded:
+                return httpx.Response(400, json={"error": {"message": "already been loaded"}})
+            replica.loaded[body["lora_name"]] = body["lora_path"]
+            replica.loads.append(body["lora_name"])
+            return httpx.Response(200, text="ok")
+        if path in ("/v1/chat/completions", "/v1/completions"):
+            if replica.slow:
+                raise httpx.ReadTimeout("timed out", request=request)
+            if self.completion_error is not None:
+                return self.completion_error
+            body = json.loads(request.content)
+            replica.seen.append(body)
+            if body["model"] != BASE and body["model"] not in replica.loaded:
+                return httpx.Response(404, json={"error": {"message": f"The model `{body['model']}` does not exist.",
+                                                           "type": "NotFoundError", "param": "model", "code": 404}})
+            rid = request.headers["x-request-id"]
+            chat = path.endswith("chat/completions")
+            text = f"answer from {body['model']} on {replica.url}"
+            if body.get("stream"):
+                return httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                      content=_sse(rid, body["model"], text, chat))
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                      if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+            return httpx.Response(200, json={
+                "id": ("chatcmpl-" if chat else "cmpl-") + rid, "object": "chat.completion" if chat else "text_completion",
+                "created": 0, "model": body["model"], "choices": [choice],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+
+async def _sse(rid: str, model: str, text: str, chat: bool):
+    for word in text.split(" "):
+        delta = {"index": 0, "delta": {"content": word + " "}} if chat else {"index": 0, "text": word + " "}
+        chunk = {"id": ("chatcmpl-" if chat else "cmpl-") + rid, "object": "chat.completion.chunk",
+                 "created": 0, "model": model, "choices": [delta]}
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
