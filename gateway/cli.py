@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,15 +53,28 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     if settings.embedded:
         model = settings.base_model or str(build_demo_model(settings))
         name = settings.served_model_name or (DEMO_MODEL_NAME if not settings.base_model else settings.base_model)
-        supervisor = EngineSupervisor(model, name, settings.engine, settings.data_dir / "logs" / "vllm.log")
+        engine = settings.engine
+        if not settings.base_model and engine.dtype == "auto":
+            # The demo model is tiny: fp32 costs nothing and gives tokens identical to HF/PEFT.
+            engine = engine.model_copy(update={"dtype": "float32"})
+        supervisor = EngineSupervisor(model, name, engine, settings.data_dir / "logs" / "vllm.log")
         supervisor.start()
         settings = settings.model_copy(update={"upstreams": [supervisor.url], "served_model_name": name})
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turning that into an
+    # exception lets the engine be stopped below instead of orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                     log_level="info", access_log=args.access_log)
+    except SystemExit:
+        pass
     finally:
         if supervisor is not None:
             supervisor.stop()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
