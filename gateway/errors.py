@@ -56,13 +56,13 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return JSONResponse(error_body(str(exc.detail), type_, None), exc.status_code, exc.headers)
+        return JSONResponse(error_body(str(exc.detail), type_), exc.status_code, exc.headers)
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         field = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        message = f"{field}: {first['msg']}" if field else first["msg"]
+        message = f"{field}: {first['msg']}" if field else str(first["msg"])
         return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", field), 400)
 
     app.add_exception_handler(e.LoraloopError, on_domain)

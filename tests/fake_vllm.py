@@ -71,10 +71,12 @@ class FakeFleet:
             if body.get("stream"):
                 return httpx.Response(200, headers={"content-type": "text/event-stream"},
                                       content=_sse(rid, body["model"], text, chat))
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            message = {"role": "assistant", "content": text}
+            choice = ({"index": 0, "message": message, "finish_reason": "stop"}
                       if chat else {"index": 0, "text": text, "finish_reason": "stop"})
             return httpx.Response(200, json={
-                "id": ("chatcmpl-" if chat else "cmpl-") + rid, "object": "chat.completion" if chat else "text_completion",
+                "id": ("chatcmpl-" if chat else "cmpl-") + rid,
+                "object": "chat.completion" if chat else "text_completion",
                 "created": 0, "model": body["model"], "choices": [choice],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
         return httpx.Response(404, json={"detail": "Not Found"})

