@@ -25,11 +25,16 @@ class Replica:
     in_flight: int = 0
     base_model: str | None = None  # the name the replica serves its base model under
     loaded: set[str] = field(default_factory=set)  # adapter versions it holds now
+    slow_probes: int = 0  # consecutive probes that timed out
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
 
 class Fleet:
-    def __init__(self, urls: list[str], client: httpx.AsyncClient, probe_timeout_s: float = 2.0):
+    # A replica busy generating can answer a probe late; only this many timeouts in a row
+    # (or a refused connection at once) take it out of rotation.
+    SLOW_PROBES_TO_DOWN = 3
+
+    def __init__(self, urls: list[str], client: httpx.AsyncClient, probe_timeout_s: float = 5.0):
         self.replicas = [Replica(url) for url in urls]
         self.client = client
         self.probe_timeout_s = probe_timeout_s
@@ -55,12 +60,16 @@ class Fleet:
             resp = await self.client.get(f"{replica.url}/v1/models", timeout=self.probe_timeout_s)
             resp.raise_for_status()
             models = resp.json()["data"]
+        except httpx.TimeoutException as exc:
+            replica.slow_probes += 1
+            if replica.healthy and replica.slow_probes >= self.SLOW_PROBES_TO_DOWN:
+                self.mark_down(replica, exc)
+            return
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             if replica.healthy:
-                log.warning("replica %s is down: %r", replica.url, exc)
-            replica.healthy = False
-            replica.loaded.clear()
+                self.mark_down(replica, exc)
             return
+        replica.slow_probes = 0
         if not replica.healthy:
             log.info("replica %s is up", replica.url)
         replica.base_model = next((m["id"] for m in models if not m.get("parent")), None)
@@ -71,7 +80,7 @@ class Fleet:
         await asyncio.gather(*(self.probe(r) for r in self.replicas))
 
     def mark_down(self, replica: Replica, reason: object) -> None:
-        log.warning("replica %s failed a request, marking down: %r", replica.url, reason)
+        log.warning("replica %s is down: %r", replica.url, reason)
         replica.healthy = False
         replica.loaded.clear()
 

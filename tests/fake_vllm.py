@@ -20,6 +20,8 @@ class FakeReplica:
     url: str
     down: bool = False
     slow: bool = False
+    slow_probes: bool = False  # /v1/models times out (a replica too busy to answer)
+    break_next: int = 0  # this many completion requests end with the connection dropped
     loaded: dict[str, str] = field(default_factory=dict)
     seen: list[dict] = field(default_factory=list)  # bodies of completion requests
     loads: list[str] = field(default_factory=list)
@@ -46,6 +48,8 @@ class FakeFleet:
             raise httpx.ConnectError("connection refused", request=request)
         path = request.url.path
         if path == "/v1/models":
+            if replica.slow_probes:
+                raise httpx.ReadTimeout("timed out", request=request)
             data = [{"id": BASE, "parent": None}] + [{"id": n, "parent": BASE} for n in replica.loaded]
             return httpx.Response(200, json={"object": "list", "data": data})
         if path == "/v1/load_lora_adapter":
@@ -58,6 +62,10 @@ class FakeFleet:
         if path in ("/v1/chat/completions", "/v1/completions"):
             if replica.slow:
                 raise httpx.ReadTimeout("timed out", request=request)
+            if replica.break_next:
+                replica.break_next -= 1
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.",
+                                                request=request)
             if self.completion_error is not None:
                 return self.completion_error
             body = json.loads(request.content)

@@ -25,9 +25,11 @@ from gateway.routing import Route
 log = logging.getLogger(__name__)
 
 FAILOVER_STATUSES = {502, 503, 504}
-# The connection failed before the replica started on the request; safe to send elsewhere.
-RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-             httpx.WriteError, httpx.PoolTimeout)
+# Nothing listens or answers there: the replica is down.
+UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+# The connection broke. Often a pooled keep-alive connection the server had just closed,
+# which says nothing about the replica: retry it once on a new connection before failing over.
+BROKEN = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-"}
 UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -49,15 +51,23 @@ class Forwarder:
         }
         stream = bool(body.get("stream"))
         for replica in self.fleet.pick_order():
-            try:
-                response = await self._try(replica, kind, content, headers, route, stream, served)
-            except RETRYABLE as exc:
-                self.fleet.mark_down(replica, exc)
-                continue
-            except httpx.TimeoutException as exc:
-                raise UpstreamTimeout(f"Upstream did not answer within the timeout ({exc!r}).") from None
-            if response is not None:
-                return response
+            for attempt in (1, 2):
+                try:
+                    response = await self._try(replica, kind, content, headers, route, stream, served)
+                except UNREACHABLE as exc:
+                    self.fleet.mark_down(replica, exc)
+                    break
+                except BROKEN as exc:
+                    if attempt == 2:
+                        self.fleet.mark_down(replica, exc)
+                    continue
+                except httpx.PoolTimeout:
+                    break  # our own connection pool is full for this replica: try another
+                except httpx.TimeoutException as exc:
+                    raise UpstreamTimeout(f"Upstream did not answer within the timeout ({exc!r}).") from None
+                if response is not None:
+                    return response
+                break
         raise NoHealthyUpstream("No healthy model server is available; retry shortly.")
 
     async def _try(self, replica: Replica, kind: str, content: bytes, headers: dict[str, str],

@@ -217,6 +217,12 @@ def test_body_over_limit_is_413(tmp_path: Path) -> None:
         assert chat(gateway.sdk(), BASE).parse().choices  # and the service carries on
 
 
+def test_requests_spread_over_healthy_replicas(gw: Gateway) -> None:
+    for _ in range(10):
+        chat(gw.sdk(), BASE)
+    assert [len(r.seen) for r in gw.fleet.replicas.values()] == [5, 5]
+
+
 def test_failover_before_first_byte(gw: Gateway) -> None:
     down, up = gw.fleet.replicas.values()
     down.down = True
@@ -224,6 +230,37 @@ def test_failover_before_first_byte(gw: Gateway) -> None:
         assert chat(gw.sdk(), "default").parse().choices[0].message.content.endswith(up.url)
     ready = gw.http.get("/ready").json()
     assert ready["healthy_upstreams"] == [up.url]
+
+
+def test_a_dropped_connection_is_retried_on_the_same_replica(gw: Gateway) -> None:
+    """A keep-alive connection the server just closed is no sign of a dead replica."""
+    first, second = gw.fleet.replicas.values()
+    second.down = True
+    first.break_next = 1
+    assert chat(gw.sdk(), BASE).parse().choices[0].message.content.endswith(first.url)
+    assert gw.http.get("/ready").json()["healthy_upstreams"] == [first.url]
+
+
+def test_a_replica_dropping_every_connection_is_failed_over(gw: Gateway) -> None:
+    first, second = gw.fleet.replicas.values()
+    first.break_next = second.break_next = 2
+    with pytest.raises(openai.InternalServerError) as err:
+        chat(gw.sdk(), BASE)
+    assert err.value.status_code == 503
+    assert gw.http.get("/ready").status_code == 503
+
+
+def test_a_busy_replica_stays_in_rotation_until_probes_keep_timing_out(gw: Gateway) -> None:
+    fleet = gw.http.app.state.gateway.fleet
+    busy = next(iter(gw.fleet.replicas.values()))
+    busy.slow_probes = True
+    for probes in range(1, 4):
+        gw.http.portal.call(fleet.probe_all)
+        healthy = gw.http.get("/ready").json()["healthy_upstreams"]
+        assert (busy.url in healthy) == (probes < fleet.SLOW_PROBES_TO_DOWN)
+    busy.slow_probes = False
+    gw.http.portal.call(fleet.probe_all)
+    assert busy.url in gw.http.get("/ready").json()["healthy_upstreams"]
 
 
 def test_all_upstreams_down_is_503_with_retry_after_then_recovers(gw: Gateway) -> None:
