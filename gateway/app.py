@@ -71,8 +71,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     async def ready(state: State) -> JSONResponse:
         """Readiness: at least one model server is up, so completions can be served."""
         up = [r.url for r in state.fleet.replicas if r.healthy]
-        body = {"ready": bool(up), "healthy_upstreams": up, "upstreams": len(state.fleet.replicas),
-                "base_model": state.router.base_model}
+        body = {"ready": bool(up), "healthy_upstreams": up, "base_model": state.router.base_model,
+                "upstreams": [{"url": r.url, "healthy": r.healthy, "in_flight": r.in_flight,
+                               "adapters_loaded": len(r.loaded)} for r in state.fleet.replicas]}
         return JSONResponse(body, 200 if up else 503)
 
     return app

@@ -114,6 +114,24 @@ def test_mixed_batches_give_the_same_tokens_as_requests_alone(gateway: LiveGatew
     assert base_answers != alone[1::3] and base_answers != alone[2::3]  # the adapters matter
 
 
+def test_client_leaving_mid_stream_frees_its_slot(gateway: LiveGateway) -> None:
+    """An app that drops a stream must not leave the gateway counting it as in flight
+    (the count steers load balancing)."""
+    body = {"model": "default", "max_tokens": 200, "stream": True, "ignore_eos": True,
+            "messages": [{"role": "user", "content": prompt("Vera", 4)}]}
+    headers = {"authorization": f"Bearer {gateway.app_key}"}
+    with httpx.Client(timeout=30) as client:
+        for _ in range(3):
+            with client.stream("POST", f"{gateway.url}/v1/chat/completions", json=body, headers=headers) as resp:
+                assert resp.status_code == 200
+                next(resp.iter_raw())  # read the first chunk, then hang up
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{gateway.url}/ready").json()["upstreams"][0]["in_flight"] != 0:
+        assert time.monotonic() < deadline, "abandoned streams still counted in flight"
+        time.sleep(0.2)
+    assert style_of(ask(gateway.sdk(), "default", "Vera", 4), "Vera") == FORMAL
+
+
 def test_engine_killed_gives_503_then_recovers_with_adapters(gateway: LiveGateway,
                                                              vllm: EngineSupervisor) -> None:
     client = gateway.sdk()
