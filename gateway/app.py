@@ -39,7 +39,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             await anyio.to_thread.run_sync(upgrade, engine)
         sessions = make_sessionmaker(engine)
         timeout = httpx.Timeout(settings.upstream_timeout_s, connect=settings.connect_timeout_s)
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=64)
         async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits) as client:
             fleet = Fleet(settings.upstreams, client)
             router = Router(sessions, settings.served_model_name)

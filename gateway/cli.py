@@ -157,6 +157,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every upstream request at INFO: a log line per completion, on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if getattr(args, "dev", False):
         os.environ.setdefault("LORALOOP_ENVIRONMENT", "development")
         os.environ.setdefault("LORALOOP_AUTH", "none")
