@@ -11,6 +11,7 @@
     ├── AuthError
     │   ├── Unauthenticated        missing, unknown or revoked API key
     │   └── Forbidden              a valid key without the scope for this route
+    ├── LogQueueFull               the interaction log is full and set to refuse new work
     └── UpstreamError
         ├── NoHealthyUpstream      every vLLM replica is down or refused
         ├── UpstreamTimeout        a replica took longer than the configured timeout
@@ -66,6 +67,10 @@ class Unauthenticated(AuthError):
 
 
 class Forbidden(AuthError):
+    pass
+
+
+class LogQueueFull(LoraloopError):
     pass
 
 

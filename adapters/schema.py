@@ -5,7 +5,19 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, Enum, ForeignKey, String
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -53,6 +65,8 @@ class ApiKey(Base):
     tenant: Mapped[str] = mapped_column(String(128), default="default")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # False: this key's prompts and answers are not stored, so they never train anything.
+    log_prompts: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class AdapterVersion(Base):
@@ -79,3 +93,42 @@ class Alias(Base):
     champion: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
+
+
+class Interaction(Base):
+    """One completion served through the gateway, attributed to who asked and what answered."""
+
+    __tablename__ = "interactions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the completion's id
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tenant: Mapped[str] = mapped_column(String(128), index=True)
+    end_user: Mapped[str] = mapped_column(String(256), default="")
+    requested_model: Mapped[str] = mapped_column(String(256))
+    adapter_version: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    arm: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))  # chat | completions
+    prompt: Mapped[object | None] = mapped_column(JSON, nullable=True)  # messages, or text prompt
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    status: Mapped[int] = mapped_column(SmallInteger)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    regenerates: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Feedback(Base):
+    """A thumbs up (+1) or down (-1) on an interaction; one per (interaction, end user)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("interaction_id", "end_user", name="uq_feedback_interaction_user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"))
+    end_user: Mapped[str] = mapped_column(String(256), default="")
+    rating: Mapped[int] = mapped_column(SmallInteger)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -19,6 +19,9 @@ from gateway.admin.router import router as admin_router
 from gateway.auth import Authenticator
 from gateway.deps import State
 from gateway.errors import install_handlers
+from gateway.feedback.router import router as feedback_router
+from gateway.feedback.service import RatingWriter
+from gateway.interaction_log import InteractionLog
 from gateway.openai_api.proxy import Forwarder
 from gateway.openai_api.router import router as openai_router
 from gateway.routing import Router
@@ -44,8 +47,9 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             fleet = Fleet(settings.upstreams, client)
             router = Router(sessions, settings.served_model_name)
             auth = Authenticator(None if settings.auth == "none" else sessions, settings.auth_cache_ttl_s)
+            log = InteractionLog(sessions, settings.log_queue_size, settings.log_overflow)
             state = GatewayState(settings, engine, sessions, client, fleet, router, auth,
-                                 Forwarder(fleet, client))
+                                 Forwarder(fleet, client, log), log, RatingWriter(sessions, log))
             app.state.gateway = state
             await fleet.probe_all()
             _adopt_base_model(state)
@@ -53,13 +57,18 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_every, settings.health_interval_s, lambda: _probe(state))
                 tasks.start_soon(_every, settings.registry_refresh_s, router.refresh)
+                tasks.start_soon(log.run)
+                tasks.start_soon(state.ratings.run)
                 yield
+                with anyio.move_on_after(10):  # a graceful stop writes what is queued
+                    await log.flush()
                 tasks.cancel_scope.cancel()
         engine.dispose()
 
     app = FastAPI(title="loraloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_handlers(app, settings.retry_after_s)
     app.include_router(openai_router)
+    app.include_router(feedback_router)
     app.include_router(admin_router)
 
     @app.get("/health")

@@ -28,6 +28,7 @@ class Principal:
     name: str
     scope: Scope
     tenant: str
+    log_prompts: bool = True
 
 
 DEV_PRINCIPAL = Principal(None, "development", Scope.admin, "default")
@@ -37,11 +38,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(session: Session, name: str, scope: Scope, tenant: str = "default") -> tuple[str, ApiKey]:
+def create_key(session: Session, name: str, scope: Scope, tenant: str = "default",
+               log_prompts: bool = True) -> tuple[str, ApiKey]:
     """Makes a key; returns the plaintext (shown once, never stored) and its row."""
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(name=name, key_hash=hash_key(plaintext), prefix=plaintext[:10], scope=scope,
-                 tenant=tenant)
+                 tenant=tenant, log_prompts=log_prompts)
     session.add(row)
     session.flush()
     return plaintext, row
@@ -72,7 +74,7 @@ class Authenticator:
             row = session.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
         if row is None or row.revoked_at is not None:
             return None
-        return Principal(row.id, row.name, row.scope, row.tenant)
+        return Principal(row.id, row.name, row.scope, row.tenant, row.log_prompts)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if self.sessions is None:

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     registry_refresh_s: float = Field(2.0, description="How stale the routing table may get.")
     auth_cache_ttl_s: float = Field(5.0, description="How long a revoked key may still pass.")
 
+    log_queue_size: int = Field(10_000, description="Interactions waiting to be written, at most.")
+    log_overflow: Literal["drop", "reject"] = Field(
+        "drop", description="Log queue full: drop the entry (counted) or refuse completions with 503.")
+    feedback_comment_max_chars: int = Field(2000, description="Longer feedback comments get 400.")
+    retention_days: int = Field(0, description="`loraloop data purge` deletes older interactions; 0 keeps all.")
+
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
     @field_validator("upstreams", mode="before")

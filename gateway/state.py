@@ -10,6 +10,8 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters.fleet import Fleet
 from gateway.auth import Authenticator
+from gateway.feedback.service import RatingWriter
+from gateway.interaction_log import InteractionLog
 from gateway.openai_api.proxy import Forwarder
 from gateway.routing import Router
 from gateway.settings import Settings
@@ -25,3 +27,5 @@ class GatewayState:
     router: Router
     auth: Authenticator
     forwarder: Forwarder
+    log: InteractionLog
+    ratings: RatingWriter

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 
 from adapters.errors import NoHealthyUpstream, UpstreamTimeout
 from adapters.fleet import Fleet, Replica
+from gateway.interaction_log import InteractionLog, Record
 from gateway.routing import Route
 
 log = logging.getLogger(__name__)
@@ -35,13 +37,15 @@ UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions
 
 
 class Forwarder:
-    def __init__(self, fleet: Fleet, client: httpx.AsyncClient):
+    def __init__(self, fleet: Fleet, client: httpx.AsyncClient, log: InteractionLog):
         self.fleet = fleet
         self.client = client
+        self.log = log
 
-    async def forward(self, kind: str, body: dict[str, Any], route: Route) -> Response:
+    async def forward(self, kind: str, body: dict[str, Any], route: Route, record: Record) -> Response:
         body["model"] = route.upstream_model
         request_id = uuid.uuid4().hex
+        record.id = ID_PREFIX[kind] + request_id
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = {"content-type": "application/json", "x-request-id": request_id}
         served = {
@@ -53,7 +57,7 @@ class Forwarder:
         for replica in self.fleet.pick_order():
             for attempt in (1, 2):
                 try:
-                    response = await self._try(replica, kind, content, headers, route, stream, served)
+                    response = await self._try(replica, kind, content, headers, route, stream, served, record)
                 except UNREACHABLE as exc:
                     self.fleet.mark_down(replica, exc)
                     break
@@ -71,7 +75,7 @@ class Forwarder:
         raise NoHealthyUpstream("No healthy model server is available; retry shortly.")
 
     async def _try(self, replica: Replica, kind: str, content: bytes, headers: dict[str, str],
-                   route: Route, stream: bool, served: dict[str, str]) -> Response | None:
+                   route: Route, stream: bool, served: dict[str, str], record: Record) -> Response | None:
         """The response from `replica`, or None to try the next replica."""
         replica.in_flight += 1
         handed_over = False
@@ -93,11 +97,13 @@ class Forwarder:
             if not stream or upstream.status_code != 200:
                 data = await upstream.aread()  # a replica dying here still allows failover
                 await upstream.aclose()
+                record.streamed = False
+                self._log(record, upstream.status_code, data)
                 return Response(data, upstream.status_code, out_headers)
             chunks = upstream.aiter_raw()
             first = await anext(chunks, b"")  # before committing to this replica
             handed_over = True
-            return StreamingResponse(_relay(first, chunks, upstream, replica),
+            return StreamingResponse(self._relay(first, chunks, upstream, replica, record),
                                      upstream.status_code, out_headers)
         finally:
             if not handed_over:
@@ -109,20 +115,28 @@ class Forwarder:
         return await self.client.send(request, stream=True)
 
 
-async def _relay(first: bytes, chunks: AsyncIterator[bytes], upstream: httpx.Response,
-                 replica: Replica) -> AsyncIterator[bytes]:
-    # Cleanup lives here, not in a background task: it must also run when the client
-    # disconnects mid-stream and Starlette abandons the response.
-    try:
-        yield first
-        async for chunk in chunks:
-            yield chunk
-    except httpx.HTTPError as exc:
-        # Headers are gone already: tell the client in-band, as an SSE error event.
-        log.warning("stream from %s broke: %r", replica.url, exc)
-        error = {"error": {"message": f"upstream stream broke: {exc!r}", "type": "api_error",
-                           "param": None, "code": "upstream_stream_broken"}}
-        yield f"data: {json.dumps(error)}\n\n".encode()
-    finally:
-        replica.in_flight -= 1
-        await upstream.aclose()
+    def _log(self, record: Record, status: int, raw: bytes) -> None:
+        record.status, record.raw = status, raw
+        record.latency_ms = (time.perf_counter() - record.started) * 1000
+        self.log.record(record)
+
+    async def _relay(self, first: bytes, chunks: AsyncIterator[bytes], upstream: httpx.Response,
+                     replica: Replica, record: Record) -> AsyncIterator[bytes]:
+        # Cleanup lives here, not in a background task: it must also run when the client
+        # disconnects mid-stream and Starlette abandons the response.
+        seen = [first]
+        try:
+            yield first
+            async for chunk in chunks:
+                seen.append(chunk)
+                yield chunk
+        except httpx.HTTPError as exc:
+            # Headers are gone already: tell the client in-band, as an SSE error event.
+            log.warning("stream from %s broke: %r", replica.url, exc)
+            error = {"error": {"message": f"upstream stream broke: {exc!r}", "type": "api_error",
+                               "param": None, "code": "upstream_stream_broken"}}
+            yield f"data: {json.dumps(error)}\n\n".encode()
+        finally:
+            replica.in_flight -= 1
+            await upstream.aclose()
+            self._log(record, upstream.status_code, b"".join(seen))

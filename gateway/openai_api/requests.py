@@ -18,6 +18,7 @@ CHECKED_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "model": ((str,), "a string"),
     "stream": ((bool,), "a boolean"),
     "user": ((str,), "a string"),
+    "regenerates": ((str,), "a string (the id of the response this one regenerates)"),
     "max_tokens": ((int,), "an integer"),
     "max_completion_tokens": ((int,), "an integer"),
     "n": ((int,), "an integer"),

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.deps import Caller, State
+from gateway.interaction_log import Record
 from gateway.openai_api.requests import parse_completion_request, read_body
 from gateway.state import GatewayState
 
@@ -21,11 +22,22 @@ router = APIRouter(prefix="/v1")
 
 
 async def _complete(kind: str, request: Request) -> Response:
+    started = time.perf_counter()
     state: GatewayState = request.app.state.gateway
-    await state.auth.authenticate(request.headers.get("authorization"))
+    caller = await state.auth.authenticate(request.headers.get("authorization"))
+    state.log.admit()
     body = parse_completion_request(await read_body(request, state.settings.max_body_bytes), kind)
     route = await state.router.resolve(body["model"])
-    return await state.forwarder.forward(kind, body, route)
+    headers = request.headers
+    record = Record(
+        id="", key_id=caller.key_id, tenant=caller.tenant,
+        end_user=body.get("user") or headers.get("x-loraloop-user") or "",
+        requested_model=body["model"], adapter_version=route.adapter, arm=route.arm, kind=kind,
+        prompt=(body.get("messages") if kind == "chat" else body.get("prompt")) if caller.log_prompts else None,
+        # not an OpenAI field: taken out so vLLM never sees it
+        regenerates=body.pop("regenerates", None) or headers.get("x-loraloop-regenerates"),
+        streamed=bool(body.get("stream")), started=started, keep_text=caller.log_prompts)
+    return await state.forwarder.forward(kind, body, route, record)
 
 
 async def chat_completions(request: Request) -> Response:

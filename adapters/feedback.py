@@ -1,0 +1,82 @@
+"""The feedback store: interactions the gateway served and the ratings users gave them.
+
+Writes come in batches (the gateway's interaction log and its group-committed ratings), so
+each function here takes many rows and costs one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from adapters.schema import Feedback, Interaction, utcnow
+
+
+@dataclass(frozen=True)
+class Rating:
+    interaction_id: str
+    end_user: str | None  # None: the user the interaction was served to
+    rating: int  # +1 thumbs up, -1 thumbs down
+    comment: str | None
+    tenant: str  # of the key that sends the rating; only its own interactions may be rated
+
+
+@dataclass(frozen=True)
+class RatingResult:
+    stored: bool  # False: no such interaction for this tenant
+    end_user: str = ""
+    replaced: bool = False
+
+
+def write_interactions(session: Session, rows: Iterable[dict]) -> None:
+    """Inserts interaction rows; a row whose id is already stored is skipped (replays are safe)."""
+    rows = list(rows)
+    if not rows:
+        return
+    insert = _insert(session)
+    session.execute(insert(Interaction).values(rows).on_conflict_do_nothing(index_elements=["id"]))
+
+
+def write_ratings(session: Session, ratings: list[Rating]) -> list[RatingResult]:
+    """Stores ratings, replacing an earlier rating by the same user on the same interaction."""
+    ids = {r.interaction_id for r in ratings}
+    found = {row.id: row for row in session.execute(
+        select(Interaction.id, Interaction.tenant, Interaction.end_user).where(Interaction.id.in_(ids)))}
+    existing = set(session.execute(
+        select(Feedback.interaction_id, Feedback.end_user).where(Feedback.interaction_id.in_(ids))).all())
+    results, rows = [], {}
+    now = utcnow()
+    for r in ratings:
+        interaction = found.get(r.interaction_id)
+        if interaction is None or interaction.tenant != r.tenant:
+            results.append(RatingResult(stored=False))
+            continue
+        user = r.end_user if r.end_user is not None else interaction.end_user
+        key = (r.interaction_id, user)
+        results.append(RatingResult(stored=True, end_user=user, replaced=key in existing or key in rows))
+        rows[key] = {"interaction_id": r.interaction_id, "end_user": user, "rating": r.rating,
+                     "comment": r.comment, "created_at": now, "updated_at": now}  # last one wins
+    if rows:
+        insert = _insert(session)
+        stmt = insert(Feedback).values(list(rows.values()))
+        session.execute(stmt.on_conflict_do_update(
+            index_elements=["interaction_id", "end_user"],
+            set_={"rating": stmt.excluded.rating, "comment": stmt.excluded.comment,
+                  "updated_at": stmt.excluded.updated_at}))
+    return results
+
+
+def purge_before(session: Session, cutoff: datetime) -> int:
+    """Deletes interactions (and their ratings) older than `cutoff`; returns how many."""
+    old = select(Interaction.id).where(Interaction.created_at < cutoff)
+    session.execute(Feedback.__table__.delete().where(Feedback.interaction_id.in_(old)))
+    return session.execute(Interaction.__table__.delete().where(Interaction.created_at < cutoff)).rowcount
+
+
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert

@@ -1,0 +1,57 @@
+"""Durable ratings at thousands per second: group commit.
+
+Each `POST /v1/feedback` puts its rating on a queue and waits; one writer task takes every
+rating waiting at that moment, commits them in one transaction (one fsync on SQLite with
+synchronous=FULL) and only then wakes the requests, which answer 2xx. An acknowledged rating
+is therefore on disk, and the cost of the fsync is shared by the whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import anyio
+from sqlalchemy.orm import sessionmaker
+
+from adapters.feedback import Rating, RatingResult, write_ratings
+from gateway.interaction_log import InteractionLog
+
+log = logging.getLogger(__name__)
+
+
+class RatingWriter:
+    def __init__(self, sessions: sessionmaker, interactions: InteractionLog, batch_size: int = 1000):
+        self.sessions = sessions
+        self.interactions = interactions
+        self.batch_size = batch_size
+        self.queue: asyncio.Queue[tuple[Rating, asyncio.Future[RatingResult]]] = asyncio.Queue()
+
+    async def submit(self, rating: Rating) -> RatingResult:
+        future: asyncio.Future[RatingResult] = asyncio.get_running_loop().create_future()
+        await self.queue.put((rating, future))
+        return await future
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            ratings = [rating for rating, _ in batch]
+            if any(r.interaction_id in self.interactions.pending for r in ratings):
+                await self.interactions.flush()  # rate an answer served a moment ago
+            try:
+                results = await anyio.to_thread.run_sync(self._write, ratings)
+            except Exception as exc:
+                log.exception("writing %d ratings failed", len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():  # the client may have hung up; the rating is stored anyway
+                    future.set_result(result)
+
+    def _write(self, ratings: list[Rating]) -> list[RatingResult]:
+        with self.sessions.begin() as session:
+            return write_ratings(session, ratings)

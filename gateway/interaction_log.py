@@ -1,0 +1,149 @@
+"""The interaction log: every completion the gateway serves, written off the request path.
+
+The proxy hands over the raw upstream bytes (`record`, no parsing, no I/O); a background task
+drains the bounded queue in batches, parses the answers in a worker thread and writes one
+transaction per batch. A slow database fills the queue instead of slowing completions;
+what happens then is the `log_overflow` setting: drop the entry (counted in `dropped`), or
+refuse new completions with 503 until there is room again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import anyio
+from sqlalchemy.orm import sessionmaker
+
+from adapters.errors import LogQueueFull
+from adapters.feedback import write_interactions
+from adapters.schema import utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Record:
+    id: str
+    key_id: int | None
+    tenant: str
+    end_user: str
+    requested_model: str
+    adapter_version: str | None
+    arm: str
+    kind: str  # chat | completions
+    prompt: Any  # messages or prompt; None when the key does not log prompts
+    regenerates: str | None
+    streamed: bool
+    started: float  # time.perf_counter() at arrival
+    created_at: datetime = field(default_factory=utcnow)
+    status: int = 0
+    raw: bytes = b""
+    latency_ms: float = 0.0
+    keep_text: bool = True
+
+
+class InteractionLog:
+    def __init__(self, sessions: sessionmaker, max_queue: int, overflow: str, batch_size: int = 500):
+        self.sessions = sessions
+        self.queue: asyncio.Queue[Record] = asyncio.Queue(max_queue)
+        self.overflow = overflow
+        self.batch_size = batch_size
+        self.dropped = 0
+        self.written = 0
+        self.pending: set[str] = set()  # ids queued but not yet committed
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def admit(self) -> None:
+        """Called before serving: under the `reject` policy a full log refuses new work."""
+        if self.overflow == "reject" and self.queue.full():
+            raise LogQueueFull("The interaction log is full; retry shortly.")
+
+    def record(self, rec: Record) -> None:
+        try:
+            self.queue.put_nowait(rec)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            log.warning("interaction log full: dropped %s (%d dropped so far)", rec.id, self.dropped)
+            return
+        self.pending.add(rec.id)
+        self._idle.clear()
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.batch_size and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await anyio.to_thread.run_sync(self._write, batch)
+                self.written += len(batch)
+            except Exception:
+                # The database is away: keep the batch and retry, the queue absorbs the wait.
+                log.exception("writing %d interactions failed; retrying", len(batch))
+                await anyio.sleep(1)
+                for rec in batch:
+                    self.record_retry(rec)
+                continue
+            for rec in batch:
+                self.pending.discard(rec.id)
+            if self.queue.empty():
+                self._idle.set()
+
+    def record_retry(self, rec: Record) -> None:
+        try:
+            self.queue.put_nowait(rec)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.pending.discard(rec.id)
+
+    async def flush(self) -> None:
+        """Waits until everything recorded so far is committed."""
+        await self._idle.wait()
+
+    def _write(self, batch: list[Record]) -> None:
+        rows = [_row(rec) for rec in batch]
+        with self.sessions.begin() as session:
+            write_interactions(session, rows)
+
+
+def _row(rec: Record) -> dict:
+    text, finish_reason, usage = parse_answer(rec.raw, rec.streamed) if rec.status == 200 else (None, None, {})
+    return {
+        "id": rec.id, "key_id": rec.key_id, "tenant": rec.tenant, "end_user": rec.end_user,
+        "requested_model": rec.requested_model, "adapter_version": rec.adapter_version, "arm": rec.arm,
+        "kind": rec.kind, "prompt": rec.prompt, "response": text if rec.keep_text else None,
+        "finish_reason": finish_reason, "status": rec.status,
+        "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+        "latency_ms": rec.latency_ms, "regenerates": rec.regenerates, "created_at": rec.created_at,
+    }
+
+
+def parse_answer(raw: bytes, streamed: bool) -> tuple[str | None, str | None, dict]:
+    """(text of the first choice, its finish reason, usage) from a response body or SSE stream."""
+    try:
+        if not streamed:
+            body = json.loads(raw)
+            choice = body["choices"][0]
+            text = choice["message"]["content"] if "message" in choice else choice.get("text")
+            return text, choice.get("finish_reason"), body.get("usage") or {}
+        parts: list[str] = []
+        finish_reason, usage = None, {}
+        for line in raw.split(b"\n"):
+            if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or []:
+                if choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
+                parts.append(delta or "")
+                finish_reason = choice.get("finish_reason") or finish_reason
+        return "".join(parts), finish_reason, usage
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, None, {}
