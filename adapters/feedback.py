@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -74,8 +74,21 @@ def write_ratings(session: Session, ratings: list[Rating]) -> list[RatingResult]
 def purge_before(session: Session, cutoff: datetime) -> int:
     """Deletes interactions (and their ratings) older than `cutoff`; returns how many."""
     old = select(Interaction.id).where(Interaction.created_at < cutoff)
-    session.execute(Feedback.__table__.delete().where(Feedback.interaction_id.in_(old)))
-    return session.execute(Interaction.__table__.delete().where(Interaction.created_at < cutoff)).rowcount
+    session.execute(delete(Feedback).where(Feedback.interaction_id.in_(old)))
+    return _rowcount(session.execute(delete(Interaction).where(Interaction.created_at < cutoff)))
+
+
+def purge_user(session: Session, end_user: str) -> int:
+    """Deletes one end user's interactions and every rating they gave; returns interactions deleted."""
+    theirs = select(Interaction.id).where(Interaction.end_user == end_user)
+    session.execute(delete(Feedback).where(
+        (Feedback.end_user == end_user) | Feedback.interaction_id.in_(theirs)))
+    return _rowcount(session.execute(delete(Interaction).where(Interaction.end_user == end_user)))
+
+
+def _rowcount(result: object) -> int:
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 def _insert(session: Session):  # type: ignore[no-untyped-def]

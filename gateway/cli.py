@@ -6,6 +6,7 @@
     loraloop adapters add|list          register adapter folders
     loraloop aliases set ALIAS VERSION  point an alias at a version
     loraloop db upgrade                 apply database migrations
+    loraloop data export|report|purge   feedback as training data (runs trainer.data)
 """
 
 from __future__ import annotations
@@ -149,12 +150,17 @@ def parser() -> argparse.ArgumentParser:
     set_ = al_sub.add_parser("set")
     set_.add_argument("alias")
     set_.add_argument("version")
+    sub.add_parser("data", help="export|report|purge training data from feedback (see: loraloop data -h)")
     db = sub.add_parser("db", help="database")
     db.add_argument("action", choices=["upgrade"])
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["data"]:
+        # Training data is the trainer's business: hand over to it (gateway never imports trainer).
+        os.execv(sys.executable, [sys.executable, "-m", "trainer.data", *argv[1:]])
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every upstream request at INFO: a log line per completion, on the hot path.

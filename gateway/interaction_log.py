@@ -132,7 +132,7 @@ def parse_answer(raw: bytes, streamed: bool) -> tuple[str | None, str | None, di
             text = choice["message"]["content"] if "message" in choice else choice.get("text")
             return text, choice.get("finish_reason"), body.get("usage") or {}
         parts: list[str] = []
-        finish_reason, usage = None, {}
+        finish_reason, usage = None, {}  # type: tuple[str | None, dict]
         for line in raw.split(b"\n"):
             if not line.startswith(b"data: ") or line == b"data: [DONE]":
                 continue

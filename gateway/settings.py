@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from adapters.settings import StoreSettings
 
 DEMO_MODEL_NAME = "loraloop-demo"
 
@@ -25,16 +26,11 @@ class EngineSettings(BaseModel):
     startup_timeout_s: float = Field(300, description="How long vLLM may take to become healthy.")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LORALOOP_", env_nested_delimiter="__",
-                                      extra="ignore")
+class Settings(StoreSettings):
 
     environment: Literal["development", "production"] = "production"
     auth: Literal["keys", "none"] = Field(
         "keys", description="'none' serves without API keys; allowed only in development.")
-    data_dir: Path = Field(Path.home() / ".local/share/loraloop",
-                           description="Demo model, adapter store, SQLite database, logs.")
-    database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite under data_dir.")
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -57,7 +53,6 @@ class Settings(BaseSettings):
     log_overflow: Literal["drop", "reject"] = Field(
         "drop", description="Log queue full: drop the entry (counted) or refuse completions with 503.")
     feedback_comment_max_chars: int = Field(2000, description="Longer feedback comments get 400.")
-    retention_days: int = Field(0, description="`loraloop data purge` deletes older interactions; 0 keeps all.")
 
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
@@ -73,14 +68,6 @@ class Settings(BaseSettings):
         if self.auth == "none" and self.environment != "development":
             raise ValueError("LORALOOP_AUTH=none is only allowed with LORALOOP_ENVIRONMENT=development")
         return self
-
-    @property
-    def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir / 'loraloop.db'}"
-
-    @property
-    def adapter_store(self) -> Path:
-        return self.data_dir / "adapters"
 
     @property
     def embedded(self) -> bool:

@@ -1,0 +1,29 @@
+"""Settings both sides need: where the data lives and which database holds it.
+
+The gateway's settings extend these; the trainer reads just these. Environment variables
+with the `LORALOOP_` prefix, nested with `__`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StoreSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LORALOOP_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = Field(Path.home() / ".local/share/loraloop",
+                           description="Demo model, adapter store, SQLite database, logs.")
+    database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite under data_dir.")
+    retention_days: int = Field(0, description="`loraloop data purge` deletes older interactions; 0 keeps all.")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'loraloop.db'}"
+
+    @property
+    def adapter_store(self) -> Path:
+        return self.data_dir / "adapters"
