@@ -38,17 +38,26 @@ def write_interactions(session: Session, rows: Iterable[dict]) -> None:
     rows = list(rows)
     if not rows:
         return
-    insert = _insert(session)
-    session.execute(insert(Interaction).values(rows).on_conflict_do_nothing(index_elements=["id"]))
+    # Core executemany with one statement, not one multi-row VALUES: SQLAlchemy compiles it
+    # once and caches it, where a VALUES list of varying length is compiled anew every batch.
+    stmt = _insert(session)(Interaction.__table__).on_conflict_do_nothing(index_elements=["id"])
+    session.connection().execute(stmt, rows)
 
 
 def write_ratings(session: Session, ratings: list[Rating]) -> list[RatingResult]:
-    """Stores ratings, replacing an earlier rating by the same user on the same interaction."""
-    ids = {r.interaction_id for r in ratings}
-    found = {row.id: row for row in session.execute(
-        select(Interaction.id, Interaction.tenant, Interaction.end_user).where(Interaction.id.in_(ids)))}
-    existing = set(session.execute(
-        select(Feedback.interaction_id, Feedback.end_user).where(Feedback.interaction_id.in_(ids))).all())
+    """Stores ratings, replacing an earlier rating by the same user on the same interaction.
+
+    Written with SQLAlchemy Core on the session's connection: this runs for every batch of
+    ratings, and the ORM's per-statement bookkeeping was most of its cost.
+    """
+    conn = session.connection()
+    interactions, feedback = Interaction.__table__, Feedback.__table__
+    ids = list({r.interaction_id for r in ratings})
+    found = {row.id: row for row in conn.execute(
+        select(interactions.c.id, interactions.c.tenant, interactions.c.end_user)
+        .where(interactions.c.id.in_(ids)))}
+    existing = set(conn.execute(select(feedback.c.interaction_id, feedback.c.end_user)
+                                .where(feedback.c.interaction_id.in_(ids))).tuples())
     results, rows = [], {}
     now = utcnow()
     for r in ratings:
@@ -62,12 +71,11 @@ def write_ratings(session: Session, ratings: list[Rating]) -> list[RatingResult]
         rows[key] = {"interaction_id": r.interaction_id, "end_user": user, "rating": r.rating,
                      "comment": r.comment, "created_at": now, "updated_at": now}  # last one wins
     if rows:
-        insert = _insert(session)
-        stmt = insert(Feedback).values(list(rows.values()))
-        session.execute(stmt.on_conflict_do_update(
+        stmt = _insert(session)(feedback)
+        conn.execute(stmt.on_conflict_do_update(
             index_elements=["interaction_id", "end_user"],
             set_={"rating": stmt.excluded.rating, "comment": stmt.excluded.comment,
-                  "updated_at": stmt.excluded.updated_at}))
+                  "updated_at": stmt.excluded.updated_at}), list(rows.values()))
     return results
 
 

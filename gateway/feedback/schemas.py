@@ -17,11 +17,3 @@ class FeedbackRequest(BaseModel):
     comment: str | None = Field(None, description="Free text; its length limit is a setting.")
     user: str | None = Field(None, max_length=256,
                              description="Who rates; default: the end user the answer was served to.")
-
-
-class FeedbackResponse(BaseModel):
-    object: Literal["feedback"] = "feedback"
-    id: str
-    rating: Literal["up", "down"]
-    user: str
-    replaced: bool = Field(description="True when this rating replaced the same user's earlier one.")
