@@ -83,9 +83,10 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
     sessions = sessions_for(settings)
     with sessions.begin() as session:
         if args.action == "create":
-            plaintext, row = auth.create_key(session, args.name, Scope(args.scope), args.tenant)
+            plaintext, row = auth.create_key(session, args.name, Scope(args.scope), args.tenant,
+                                             log_prompts=args.log_prompts)
             print(json.dumps({"id": row.id, "name": row.name, "scope": row.scope.value,
-                              "tenant": row.tenant, "key": plaintext}))
+                              "tenant": row.tenant, "log_prompts": row.log_prompts, "key": plaintext}))
             print("store this key now: it is not shown again", file=sys.stderr)
         elif args.action == "revoke":
             row = auth.revoke_key(session, args.id)
@@ -94,7 +95,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
             for row in auth.list_keys(session):
                 print(json.dumps({"id": row.id, "name": row.name, "prefix": row.prefix,
                                   "scope": row.scope.value, "tenant": row.tenant,
-                                  "revoked": row.revoked_at is not None}))
+                                  "log_prompts": row.log_prompts, "revoked": row.revoked_at is not None}))
 
 
 def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
@@ -134,6 +135,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--scope", choices=[s.value for s in Scope], default="app")
     create.add_argument("--tenant", default="default")
+    create.add_argument("--no-log-prompts", dest="log_prompts", action="store_false",
+                        help="store no prompts or answers of this key's calls (they never train)")
     keys_sub.add_parser("revoke").add_argument("id", type=int)
     keys_sub.add_parser("list")
     adapters = sub.add_parser("adapters", help="adapter versions")

@@ -180,3 +180,14 @@ def test_full_log_can_refuse_with_503(tmp_path: Path) -> None:
         assert "retry-after" in err.value.response.headers
         assert stall.log.dropped == 0
     assert len(rows(gateway, Interaction)) == 3  # a graceful stop wrote what was queued
+
+
+def test_the_openai_sdk_can_send_feedback(gw: Gateway) -> None:
+    """What the README shows apps: the SDK's generic `post` reaches the feedback route."""
+    client = gw.sdk()
+    answer = client.chat.completions.create(model="default", user="ada",
+                                            messages=[{"role": "user", "content": "hi"}])
+    stored = client.post("/feedback", cast_to=object, body={"id": answer.id, "rating": "up"})
+    assert stored == {"object": "feedback", "id": answer.id, "rating": "up", "user": "ada", "replaced": False}
+    with pytest.raises(openai.NotFoundError):
+        client.post("/feedback", cast_to=object, body={"id": "chatcmpl-unknown", "rating": "up"})
