@@ -32,6 +32,15 @@ class RatingWriter:
         self.queue: asyncio.Queue[tuple[Rating, asyncio.Future[RatingResult]]] = asyncio.Queue()
 
     async def submit(self, rating: Rating) -> RatingResult:
+        result = await self._submit_once(rating)
+        if not result.stored:
+            # With several gateway replicas, the answer may have been served by another one
+            # whose interaction log has not written it yet: give that log time to flush.
+            await asyncio.sleep(3 * self.interactions.flush_interval_s)
+            result = await self._submit_once(rating)
+        return result
+
+    async def _submit_once(self, rating: Rating) -> RatingResult:
         future: asyncio.Future[RatingResult] = asyncio.get_running_loop().create_future()
         await self.queue.put((rating, future))
         return await future

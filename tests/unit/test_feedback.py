@@ -7,12 +7,14 @@ from pathlib import Path
 
 import openai
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from adapters.db import make_engine, make_sessionmaker
 from adapters.schema import Feedback, Interaction, Scope
 from gateway import auth
-from tests.fake_vllm import BASE
+from gateway.app import create_app
+from tests.fake_vllm import BASE, FakeFleet
 from tests.unit.harness import Gateway, chat, make_gateway
 
 
@@ -191,3 +193,19 @@ def test_the_openai_sdk_can_send_feedback(gw: Gateway) -> None:
     assert stored == {"object": "feedback", "id": answer.id, "rating": "up", "user": "ada", "replaced": False}
     with pytest.raises(openai.NotFoundError):
         client.post("/feedback", cast_to=object, body={"id": "chatcmpl-unknown", "rating": "up"})
+
+
+def test_rating_an_answer_another_replica_has_not_written_yet(tmp_path: Path, db_url: str) -> None:
+    """Two gateway replicas share a database: one serves, the other gets the thumbs up at
+    once, before the first has written the interaction. The rating still lands."""
+    served_by = make_gateway(tmp_path, db_url)
+    other = TestClient(create_app(served_by.settings, transport=FakeFleet(2).transport()))
+    with served_by.http, other:
+        log = served_by.http.app.state.gateway.log
+        log.flush_interval_s = 0.1  # the serving replica writes its log every 100 ms
+        answer = chat(served_by.sdk(), "default").parse()
+        assert answer.id in log.pending  # not in the database yet
+        resp = other.post("/v1/feedback", json={"id": answer.id, "rating": "up"},
+                          headers={"authorization": f"Bearer {served_by.app_key}"})
+        assert resp.status_code == 200
+    assert [(f.interaction_id, f.rating) for f in rows(served_by, Feedback)] == [(answer.id, 1)]
