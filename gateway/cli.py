@@ -7,6 +7,7 @@
     loraloop aliases set ALIAS VERSION  point an alias at a version
     loraloop db upgrade                 apply database migrations
     loraloop data export|report|purge   feedback as training data (runs trainer.data)
+    loraloop train --method dpo|kto     train a candidate adapter from feedback (runs trainer.train)
 """
 
 from __future__ import annotations
@@ -154,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     set_.add_argument("alias")
     set_.add_argument("version")
     sub.add_parser("data", help="export|report|purge training data from feedback (see: loraloop data -h)")
+    sub.add_parser("train", help="train a DPO/KTO candidate adapter (see: loraloop train -h)")
     db = sub.add_parser("db", help="database")
     db.add_argument("action", choices=["upgrade"])
     return p
@@ -161,9 +163,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["data"]:
-        # Training data is the trainer's business: hand over to it (gateway never imports trainer).
-        os.execv(sys.executable, [sys.executable, "-m", "trainer.data", *argv[1:]])
+    if argv[:1] in (["data"], ["train"]):
+        # Training data and training are the trainer's business: hand over to it (the gateway
+        # never imports the trainer, nor torch).
+        module = {"data": "trainer.data", "train": "trainer.train"}[argv[0]]
+        os.execv(sys.executable, [sys.executable, "-m", module, *argv[1:]])
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every upstream request at INFO: a log line per completion, on the hot path.

@@ -1,0 +1,112 @@
+"""Preference training (TRL + PEFT) on the demo model, on CPU."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from sqlalchemy import select
+
+from adapters.db import make_engine, make_sessionmaker
+from adapters.schema import AdapterState, AdapterVersion
+from tests.integration.conftest import CACHE
+from trainer import train as train_module
+from trainer.demo_model.corpus import NAMES, TASKS, Style, make_answer, make_prompt
+from trainer.train import TrainConfig, main, train
+
+pytestmark = pytest.mark.integration
+
+
+def preference_examples(n: int, seed: int = 0) -> list[dict]:
+    """Formal answers chosen over casual ones, otherwise alike."""
+    rng, out = random.Random(seed), []
+    for _ in range(n):
+        task, name, style = rng.randrange(len(TASKS)), rng.choice(NAMES), Style.random(rng)
+        prompt = [{"role": "user", "content": make_prompt(task, name, rng)}]
+        formal = make_answer(task, name, Style(True, style.long, style.name, style.question), rng)
+        casual = make_answer(task, name, Style(False, style.long, style.name, style.question), rng)
+        out.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": formal}],
+                    "rejected": [{"role": "assistant", "content": casual}]})
+    return out
+
+
+def kto_examples(pairs: list[dict]) -> list[dict]:
+    return [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+            for p in pairs for side in ("chosen", "rejected")]
+
+
+def logits(model, tokenizer) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Hi, I'm Ada. Can you help me bake a cake?"}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        return model(**ids).logits
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+def test_training_moves_the_adapter_not_the_base_and_reloads_exactly(demo_model: Path, tmp_path: Path,
+                                                                     method: str) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pairs = preference_examples(48)
+    examples = pairs if method == "dpo" else kto_examples(pairs)
+    cfg = TrainConfig(method=method, steps=12, batch_size=8, learning_rate=5e-4)
+    _, history, trained = train(cfg, examples, str(demo_model), tmp_path)
+
+    weights = load_file(tmp_path / "adapter_model.safetensors")
+    lora_b = [t for name, t in weights.items() if "lora_B" in name]
+    assert lora_b and all(torch.isfinite(t).all() for t in weights.values())
+    assert any(t.abs().sum() > 0 for t in lora_b)  # PEFT starts B at zero: training moved it
+    assert {name.split(".")[-3] for name in weights if "lora_A" in name} == set(train_module.TARGET_MODULES)
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    base = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    base_logits = logits(base, tokenizer)
+    trained.eval()
+    with trained.disable_adapter():  # the base inside the trained model is untouched
+        assert torch.equal(logits(trained, tokenizer), base_logits)
+    trained_logits = logits(trained, tokenizer)
+    assert not torch.allclose(trained_logits, base_logits)
+    reloaded = PeftModel.from_pretrained(base, tmp_path).eval()
+    assert torch.equal(logits(reloaded, tokenizer), trained_logits)  # bit-exact after save/load
+
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses[-1] < losses[0]
+
+
+def test_a_run_registers_a_candidate_and_a_crash_leaves_nothing(demo_model: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps(p) for p in preference_examples(32)))
+    monkeypatch.setenv("LORALOOP_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "models").symlink_to(CACHE / "models")
+
+    real_train = train_module.train
+
+    def dies_midway(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real_train(*args, **kwargs)  # the adapter is fully written to the scratch folder...
+        raise KeyboardInterrupt  # ...and then the run is killed before publishing
+
+    monkeypatch.setattr(train_module, "train", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        main(TrainConfig(data=str(data), steps=4, batch_size=8))
+    assert not (tmp_path / "data" / "adapters").exists() or not any((tmp_path / "data" / "adapters").iterdir())
+    assert not any((tmp_path / "data" / "runs").iterdir())
+    monkeypatch.setattr(train_module, "train", real_train)
+
+    result = main(TrainConfig(data=str(data), steps=4, batch_size=8))
+    assert result.version is not None and result.version.startswith("dpo-")
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+    assert result.adapter_dir.parent == tmp_path / "data" / "adapters"
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'loraloop.db'}")
+    with make_sessionmaker(engine)() as session:
+        [version] = session.scalars(select(AdapterVersion))
+    engine.dispose()
+    assert (version.name, version.state) == (result.version, AdapterState.candidate)
+    assert not any((tmp_path / "data" / "runs").iterdir())

@@ -1,0 +1,184 @@
+"""Preference training of a LoRA adapter with TRL + PEFT: DPO (pairs) or KTO (unpaired thumbs).
+
+    python -m trainer.train --method dpo [--data pairs.jsonl] [--steps 100] ...
+
+The data is the feedback store's training split (`trainer.data`), or a JSONL file in TRL's
+`prompt/chosen/rejected` (DPO) or `prompt/completion/label` (KTO) format. The reference
+model is the base with the adapter disabled (no second copy in memory). Settings follow the
+hardware: fp32, no gradient checkpointing and precomputed reference log-probs on CPU; bf16
+on CUDA. The adapter is written to a scratch folder with its provenance, then published
+atomically into the adapter store under its content hash and registered as a `candidate`:
+a run that dies midway leaves nothing in the store or the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TrainConfig:
+    method: str = field(default="dpo", metadata={"help": "dpo (pairs) or kto (unpaired thumbs)."})
+    base_model: str = field(default="", metadata={"help": "HF id or path; empty: the demo model."})
+    data: str = field(default="", metadata={"help": "JSONL in TRL format; empty: the feedback store."})
+    steps: int = field(default=100, metadata={"help": "Optimizer steps."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per step."})
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
+    beta: float = field(default=0.1, metadata={"help": "DPO/KTO beta: how far from the reference."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (the engine's max rank bounds it)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    max_length: int = field(default=256, metadata={"help": "Longest prompt + answer in tokens."})
+    seed: int = field(default=0, metadata={"help": "Seed for init and data order."})
+    prefix: str = field(default="", metadata={"help": "Version name prefix; default: the method."})
+    register: bool = field(default=True, metadata={"help": "Publish to the store and register."})
+
+    def __post_init__(self) -> None:
+        if self.method not in ("dpo", "kto"):
+            raise ValueError(f"method must be dpo or kto, not {self.method!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.lora_r < 1:
+            raise ValueError("steps, batch_size and lora_r must be positive")
+        if self.method == "kto" and self.batch_size < 2:
+            raise ValueError("KTO needs batch_size >= 2 (it estimates its KL term across the batch)")
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path  # the trained adapter (the store's copy when registered)
+    version: str | None  # registered version name
+    examples: int
+    seconds: float
+    log_history: list[dict]
+
+
+def load_examples(cfg: TrainConfig, data_dir: Path, db_url: str) -> list[dict]:
+    if cfg.data:
+        return [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
+    from adapters.db import make_engine, make_sessionmaker
+    from trainer.data import DataConfig, build
+
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        examples = build(session, cfg.method, DataConfig())["train"]
+    engine.dispose()
+    return examples
+
+
+def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path):  # type: ignore[no-untyped-def]
+    """Trains and saves the adapter (PEFT format, plus `loraloop-train.json`) into `out`.
+
+    Returns (seconds, TRL's log history, the trained PEFT model in memory)."""
+    import datasets
+    import peft
+    import torch
+    import transformers
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.set_seed(cfg.seed)
+    cuda = torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16 if cuda else torch.float32)
+    lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                           target_modules=TARGET_MODULES, task_type="CAUSAL_LM")
+    common: dict[str, Any] = dict(
+        output_dir=str(out / "checkpoints"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate, beta=cfg.beta, max_length=cfg.max_length, seed=cfg.seed,
+        bf16=cuda, gradient_checkpointing=False, precompute_ref_log_probs=True, report_to="none",
+        logging_steps=max(1, cfg.steps // 20), save_strategy="no", remove_unused_columns=False,
+        use_cpu=not cuda, disable_tqdm=False,
+    )
+    dataset = datasets.Dataset.from_list([{k: v for k, v in e.items() if k != "source"} for e in examples])
+    trainer: trl.DPOTrainer | trl.KTOTrainer
+    if cfg.method == "dpo":
+        trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common), train_dataset=dataset,
+                                 processing_class=tokenizer, peft_config=lora)
+    else:
+        trainer = trl.KTOTrainer(model=model, args=trl.KTOConfig(**common), train_dataset=dataset,
+                                 processing_class=tokenizer, peft_config=lora)
+    started = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - started
+    trained: Any = trainer.model  # a PeftModel
+    trained.save_pretrained(out)
+    provenance = {
+        "config": asdict(cfg), "base_model": base_model, "examples": len(examples),
+        "data_sha256": _sha256_lines(examples), "seconds": round(seconds, 1),
+        "versions": {m.__name__: m.__version__ for m in (torch, transformers, trl, peft, datasets)}
+        | {"python": platform.python_version()},
+        "log_history": trainer.state.log_history,
+    }
+    (out / "loraloop-train.json").write_text(json.dumps(provenance, indent=2, default=str))
+    return seconds, trainer.state.log_history, trained
+
+
+def _sha256_lines(examples: list[dict]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(json.dumps(e, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def main(cfg: TrainConfig) -> TrainResult:
+    from adapters import registry
+    from adapters.db import make_engine, make_sessionmaker, upgrade
+    from adapters.settings import StoreSettings
+    from trainer.demo_model import ensure_demo_model
+
+    settings = StoreSettings()
+    base_model = cfg.base_model or str(ensure_demo_model(settings.data_dir))
+    examples = load_examples(cfg, settings.data_dir, settings.db_url)
+    if not examples:
+        raise SystemExit(f"no {cfg.method} training data: collect feedback first (loraloop data report)")
+    scratch_root = settings.data_dir / "runs"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_root, prefix=f"{cfg.method}-") as scratch:
+        seconds, history, _ = train(cfg, examples, base_model, Path(scratch))
+        if not cfg.register:
+            kept = scratch_root / Path(scratch).name.replace("-", "-done-", 1)
+            Path(scratch).rename(kept)
+            Path(scratch).mkdir()
+            return TrainResult(kept, None, len(examples), seconds, history)
+        engine = make_engine(settings.db_url)
+        upgrade(engine)
+        with make_sessionmaker(engine).begin() as session:
+            version = registry.register(session, Path(scratch), settings.adapter_store, base_model,
+                                        prefix=cfg.prefix or cfg.method)
+            name, path = version.name, Path(version.path)
+        engine.dispose()
+    log.info("registered %s as a candidate (%d examples, %.0f s)", name, len(examples), seconds)
+    return TrainResult(path, name, len(examples), seconds, history)
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    parser = argparse.ArgumentParser(prog="loraloop train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(TrainConfig):
+        if f.type in ("bool", bool):
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
+                                help=f"do not: {f.metadata['help']}")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
+                                help=f.metadata["help"])
+    return TrainConfig(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = main(parse_args())
+    print(json.dumps({"version": result.version, "path": str(result.adapter_dir), "examples": result.examples,
+                      "seconds": round(result.seconds, 1)}))
