@@ -1,0 +1,74 @@
+"""The eval gate passes a sound candidate and refuses a collapsed or broken one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.integration.test_training import preference_examples
+from trainer.gate import GateConfig, evaluate
+from trainer.train import TrainConfig, train
+
+pytestmark = pytest.mark.integration
+
+HELDOUT = preference_examples(16, seed=99)  # other prompts than training's (seed 0)
+PROMPTS = [p["prompt"] for p in HELDOUT]
+
+
+@pytest.fixture(scope="module")
+def sound(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sound")
+    train(TrainConfig(steps=12, learning_rate=5e-4), preference_examples(64), str(demo_model), out)
+    return out
+
+
+def test_a_sound_candidate_passes(demo_model: Path, sound: Path) -> None:
+    report = evaluate(str(demo_model), sound, HELDOUT, PROMPTS)
+    assert report.passed, report.reasons
+    assert report.metrics["pair_accuracy"] > 0.5 and report.metrics["sampled_kl"] < 2
+
+
+def test_an_overtrained_candidate_is_refused_though_its_preference_metrics_look_great(
+        demo_model: Path, tmp_path: Path) -> None:
+    """DPO pushed too far: held-out preference accuracy stays perfect while samples turn to
+    garbage (shared/FACTS.md). Only the sample-based checks can tell."""
+    train(TrainConfig(steps=60, learning_rate=5e-3), preference_examples(64), str(demo_model), tmp_path)
+    report = evaluate(str(demo_model), tmp_path, HELDOUT, PROMPTS)
+    assert report.metrics["pair_accuracy"] >= 0.9  # what a reward-accuracy gate would wave through
+    assert not report.passed
+    assert any("sampled KL" in r for r in report.reasons)
+    assert any("implausible" in r for r in report.reasons)
+
+
+def broken_copy(sound: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "broken"
+    shutil.copytree(sound, out)
+    return out
+
+
+def test_nan_weights_are_refused(demo_model: Path, sound: Path, tmp_path: Path) -> None:
+    broken = broken_copy(sound, tmp_path)
+    weights = load_file(broken / "adapter_model.safetensors")
+    name = next(iter(weights))
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, broken / "adapter_model.safetensors")
+    report = evaluate(str(demo_model), broken, HELDOUT, PROMPTS)
+    assert not report.passed and "NaN" in report.reasons[0]
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"r": 64}, "exceeds the engine's max LoRA rank"),
+    ({"target_modules": ["q_proj", "lm_head"]}, "not all servable"),
+])
+def test_adapters_the_engine_cannot_serve_are_refused(demo_model: Path, sound: Path, tmp_path: Path,
+                                                      change: dict, reason: str) -> None:
+    broken = broken_copy(sound, tmp_path)
+    config = json.loads((broken / "adapter_config.json").read_text()) | change
+    (broken / "adapter_config.json").write_text(json.dumps(config))
+    report = evaluate(str(demo_model), broken, HELDOUT, PROMPTS, GateConfig(max_lora_rank=16))
+    assert not report.passed and reason in report.reasons[0]

@@ -1,0 +1,158 @@
+"""The eval gate: may a candidate adapter reach users?
+
+Checks, on held-out data the run never trained on:
+1. integrity: finite weights, LoRA rank and target modules within what the engine serves;
+2. preference: held-out pairs' implicit reward accuracy and margin (DPO's
+   beta * (log pi - log pi_ref), chosen minus rejected) must beat chance;
+3. anti-collapse, with no reward model: the candidate samples answers to held-out prompts
+   and the adapter-disabled base judges them. Sampled KL (mean of log pi - log pi_ref per
+   sample), the share of samples the base finds implausible (NLL > 1 nat/token), and
+   repetition. Measured on this project's demo model (shared/FACTS.md): teacher-forced
+   metrics stay healthy while a collapsed adapter's samples are garbage; these numbers
+   separated healthy (KL <= 0.68, share <= 0.08) from collapsed (KL >= 7, share >= 0.39).
+Still to come (issue 4): the reward-model win rate against the champion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class GateConfig:
+    max_lora_rank: int = field(default=16, metadata={"help": "The engine's --max-lora-rank."})
+    allowed_modules: tuple[str, ...] = field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        metadata={"help": "LoRA target modules the engine can serve."})
+    beta: float = field(default=0.1, metadata={"help": "Implicit-reward scale for held-out pairs."})
+    min_pair_accuracy: float = field(default=0.5, metadata={"help": "Held-out preference accuracy needed."})
+    max_sampled_kl: float = field(default=2.0, metadata={"help": "Reject above this sampled KL (nats)."})
+    max_implausible_share: float = field(default=0.10, metadata={"help": "Reject at or above this share."})
+    implausible_nll: float = field(default=1.0, metadata={"help": "Base NLL (nats/token) called implausible."})
+    max_repetition: float = field(default=0.5, metadata={"help": "Reject above this repeated-4-gram share."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Sample length."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+
+
+@dataclass
+class GateReport:
+    passed: bool
+    reasons: list[str]
+    metrics: dict[str, float]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def integrity(adapter_dir: Path, cfg: GateConfig) -> list[str]:
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    problems = []
+    if config.get("peft_type") != "LORA":
+        problems.append(f"not a LoRA adapter ({config.get('peft_type')})")
+    if int(config.get("r", 0)) > cfg.max_lora_rank:
+        problems.append(f"rank {config.get('r')} exceeds the engine's max LoRA rank {cfg.max_lora_rank}")
+    modules = config.get("target_modules") or []
+    if isinstance(modules, str) or not set(modules) <= set(cfg.allowed_modules):
+        problems.append(f"target modules {modules} are not all servable ({list(cfg.allowed_modules)})")
+    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    bad = [name for name, t in weights.items() if not t.isfinite().all()]
+    if bad:
+        problems.append(f"{len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]})")
+    return problems
+
+
+def _sequence_logps(model, input_ids, attention_mask, start: int):  # type: ignore[no-untyped-def]
+    """Per-token log-probs of input_ids[:, start:] (zero where masked)."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, start - 1:-1]
+    logps = torch.log_softmax(logits.float(), -1).gather(-1, input_ids[:, start:, None])[..., 0]
+    return logps * attention_mask[:, start:]
+
+
+def pair_metrics(model, tokenizer, pairs: list[dict], beta: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Held-out implicit-reward accuracy and mean margin over `prompt/chosen/rejected` pairs."""
+    import torch
+
+    margins = []
+    for pair in pairs:
+        prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=False)
+        rewards = []
+        for side in ("chosen", "rejected"):
+            text = prompt + pair[side][0]["content"] + tokenizer.eos_token
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+            start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            policy = _sequence_logps(model, ids["input_ids"], ids["attention_mask"], start).sum()
+            with model.disable_adapter():
+                ref = _sequence_logps(model, ids["input_ids"], ids["attention_mask"], start).sum()
+            rewards.append(beta * (policy - ref))
+        margins.append(float(rewards[0] - rewards[1]))
+    tensor = torch.tensor(margins)
+    return {"pair_accuracy": float((tensor > 0).float().mean()), "pair_margin": float(tensor.mean())}
+
+
+def sample_metrics(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Sampled KL to the base, the share of samples the base finds implausible, repetition."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    kls, implausible, repeated = [], 0, []
+    tokenizer.padding_side = "left"
+    for messages in prompts:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+        with torch.no_grad():
+            out = model.generate(**ids, do_sample=True, temperature=1.0, top_p=1.0,
+                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        start = ids["input_ids"].shape[1]
+        mask = torch.ones_like(out)
+        policy = _sequence_logps(model, out, mask, start)[0]
+        with model.disable_adapter():
+            ref = _sequence_logps(model, out, mask, start)[0]
+        n = max(len(policy), 1)
+        kls.append(float((policy - ref).sum()))
+        implausible += float(-ref.sum() / n) > cfg.implausible_nll
+        tokens = out[0, start:].tolist()
+        grams = [tuple(tokens[i:i + 4]) for i in range(max(len(tokens) - 3, 0))]
+        repeated.append(1 - len(set(grams)) / len(grams) if grams else 0.0)
+    return {"sampled_kl": sum(kls) / len(kls), "implausible_share": implausible / len(prompts),
+            "repetition": sum(repeated) / len(repeated)}
+
+
+def evaluate(base_model: str, adapter_dir: Path, heldout_pairs: list[dict], heldout_prompts: list[Any],
+             cfg: GateConfig | None = None) -> GateReport:
+    """Runs every check; the candidate passes only if none objects."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = cfg or GateConfig()
+    reasons = integrity(adapter_dir, cfg)
+    if reasons:
+        return GateReport(False, reasons, {})
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    metrics: dict[str, float] = {}
+    if heldout_pairs:
+        metrics |= pair_metrics(model, tokenizer, heldout_pairs, cfg.beta)
+        if metrics["pair_accuracy"] < cfg.min_pair_accuracy:
+            reasons.append(f"held-out preference accuracy {metrics['pair_accuracy']:.2f} "
+                           f"< {cfg.min_pair_accuracy:.2f}")
+    metrics |= sample_metrics(model, tokenizer, heldout_prompts, cfg)
+    if not math.isfinite(metrics["sampled_kl"]) or metrics["sampled_kl"] > cfg.max_sampled_kl:
+        reasons.append(f"sampled KL to the base {metrics['sampled_kl']:.2f} > {cfg.max_sampled_kl} "
+                       "(the adapter drifted far from the base: collapse or reward hacking)")
+    if metrics["implausible_share"] >= cfg.max_implausible_share:
+        reasons.append(f"{metrics['implausible_share']:.0%} of samples are implausible to the base "
+                       f"(limit {cfg.max_implausible_share:.0%}): degenerate output")
+    if metrics["repetition"] > cfg.max_repetition:
+        reasons.append(f"repetition {metrics['repetition']:.2f} > {cfg.max_repetition}")
+    return GateReport(not reasons, reasons, {k: round(v, 4) for k, v in metrics.items()})
