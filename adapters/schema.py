@@ -82,6 +82,9 @@ class AdapterVersion(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
+    # How it was made (data snapshot, config, seed, library versions) and the gate's verdict.
+    provenance: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    eval_report: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Alias(Base):

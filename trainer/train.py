@@ -43,6 +43,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "Seed for init and data order."})
     prefix: str = field(default="", metadata={"help": "Version name prefix; default: the method."})
     register: bool = field(default=True, metadata={"help": "Publish to the store and register."})
+    check_every: int = field(default=20, metadata={
+        "help": "Steps between collapse checks; the last healthy checkpoint is what is kept (0: off)."})
+    heldout_fraction: float = field(default=0.1, metadata={
+        "help": "Share of prompts (of a --data file) held out for the gate."})
 
     def __post_init__(self) -> None:
         if self.method not in ("dpo", "kto"):
@@ -60,25 +64,77 @@ class TrainResult:
     examples: int
     seconds: float
     log_history: list[dict]
+    approved: bool
+    reasons: list[str]
 
 
-def load_examples(cfg: TrainConfig, data_dir: Path, db_url: str) -> list[dict]:
+def load_examples(cfg: TrainConfig, db_url: str) -> dict[str, list[dict]]:
+    """{"train": [...], "heldout": [...]}, split by prompt: no held-out prompt is trained on."""
+    from trainer.data import DataConfig, build, is_heldout, prompt_key
+
     if cfg.data:
-        return [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
+        examples = [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
+        split: dict[str, list[dict]] = {"train": [], "heldout": []}
+        for e in examples:
+            split["heldout" if is_heldout(prompt_key(e["prompt"]), cfg.heldout_fraction) else "train"].append(e)
+        return split
     from adapters.db import make_engine, make_sessionmaker
-    from trainer.data import DataConfig, build
 
     engine = make_engine(db_url)
     with make_sessionmaker(engine)() as session:
-        examples = build(session, cfg.method, DataConfig())["train"]
+        built = build(session, cfg.method, DataConfig(heldout_fraction=cfg.heldout_fraction))
     engine.dispose()
-    return examples
+    return built
 
 
-def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path):  # type: ignore[no-untyped-def]
+def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: ignore[no-untyped-def]
+    """A TrainerCallback that runs the gate's collapse check every `every` steps and, at the
+    end, puts back the LoRA weights of the last checkpoint that passed it (shared/FACTS.md:
+    DPO's teacher-forced metrics keep improving after its samples have turned to garbage)."""
+    from transformers import TrainerCallback
+
+    from trainer.gate import GateConfig, sample_metrics
+
+    gate = GateConfig(max_new_tokens=32)
+
+    class HealthyCheckpoint(TrainerCallback):
+        def __init__(self) -> None:
+            self.checks: list[dict] = []
+            self.kept: dict | None = None
+            self.last_healthy = True
+
+        def _check(self, model, step: int) -> None:  # type: ignore[no-untyped-def]
+            model.eval()
+            metrics = sample_metrics(model, tokenizer, prompts, gate)
+            model.train()
+            healthy = metrics["sampled_kl"] <= gate.max_sampled_kl and \
+                metrics["implausible_share"] < gate.max_implausible_share
+            self.checks.append({"step": step, "healthy": healthy, **metrics})
+            self.last_healthy = healthy
+            if healthy:
+                self.kept = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+            if state.global_step % every == 0 and state.global_step < state.max_steps:
+                self._check(model, state.global_step)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+            self._check(model, state.global_step)
+            if not self.last_healthy and self.kept is not None:
+                model.load_state_dict(self.kept, strict=False)
+                self.checks.append({"step": state.global_step, "restored_step": self._kept_step()})
+
+        def _kept_step(self) -> int:
+            return max(c["step"] for c in self.checks if c.get("healthy"))
+
+    return HealthyCheckpoint()
+
+
+def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  # type: ignore[no-untyped-def]
+          check_prompts: list | None = None):
     """Trains and saves the adapter (PEFT format, plus `loraloop-train.json`) into `out`.
-
-    Returns (seconds, TRL's log history, the trained PEFT model in memory)."""
+    With `check_prompts` (held-out prompts) and cfg.check_every, keeps the last checkpoint
+    that passed the collapse check. Returns (seconds, TRL's log history, the PEFT model)."""
     import datasets
     import peft
     import torch
@@ -107,6 +163,10 @@ def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path):  
     else:
         trainer = trl.KTOTrainer(model=model, args=trl.KTOConfig(**common), train_dataset=dataset,
                                  processing_class=tokenizer, peft_config=lora)
+    guard = None
+    if check_prompts and cfg.check_every:
+        guard = healthy_checkpoint_callback(tokenizer, check_prompts[:8], cfg.check_every)
+        trainer.add_callback(guard)
     started = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - started
@@ -118,6 +178,7 @@ def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path):  
         "versions": {m.__name__: m.__version__ for m in (torch, transformers, trl, peft, datasets)}
         | {"python": platform.python_version()},
         "log_history": trainer.state.log_history,
+        "collapse_checks": guard.checks if guard is not None else [],
     }
     (out / "loraloop-train.json").write_text(json.dumps(provenance, indent=2, default=str))
     return seconds, trainer.state.log_history, trained
@@ -133,34 +194,49 @@ def _sha256_lines(examples: list[dict]) -> str:
 
 
 def main(cfg: TrainConfig) -> TrainResult:
+    """Data -> training -> gate -> a registered version, `approved` or `rejected` with its report."""
     from adapters import registry
     from adapters.db import make_engine, make_sessionmaker, upgrade
+    from adapters.schema import AdapterState
     from adapters.settings import StoreSettings
     from trainer.demo_model import ensure_demo_model
+    from trainer.gate import evaluate
 
     settings = StoreSettings()
     base_model = cfg.base_model or str(ensure_demo_model(settings.data_dir))
-    examples = load_examples(cfg, settings.data_dir, settings.db_url)
-    if not examples:
+    data = load_examples(cfg, settings.db_url)
+    if not data["train"]:
         raise SystemExit(f"no {cfg.method} training data: collect feedback first (loraloop data report)")
+    # Held-out prompts for the collapse checks; with too little data to hold any out, the
+    # training prompts (sample-based checks need no labels, so they still mean something).
+    prompts = [e["prompt"] for e in (data["heldout"] or data["train"])][:16]
+    pairs = data["heldout"] if cfg.method == "dpo" else []
     scratch_root = settings.data_dir / "runs"
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_root, prefix=f"{cfg.method}-") as scratch:
-        seconds, history, _ = train(cfg, examples, base_model, Path(scratch))
+        seconds, history, _ = train(cfg, data["train"], base_model, Path(scratch), prompts)
+        report = evaluate(base_model, Path(scratch), pairs, prompts)
+        provenance = json.loads((Path(scratch) / "loraloop-train.json").read_text())
+        (Path(scratch) / "loraloop-eval.json").write_text(report.to_json())
         if not cfg.register:
             kept = scratch_root / Path(scratch).name.replace("-", "-done-", 1)
             Path(scratch).rename(kept)
             Path(scratch).mkdir()
-            return TrainResult(kept, None, len(examples), seconds, history)
+            return TrainResult(kept, None, len(data["train"]), seconds, history, report.passed, report.reasons)
         engine = make_engine(settings.db_url)
         upgrade(engine)
         with make_sessionmaker(engine).begin() as session:
             version = registry.register(session, Path(scratch), settings.adapter_store, base_model,
                                         prefix=cfg.prefix or cfg.method)
+            version.provenance = {k: v for k, v in provenance.items() if k != "log_history"}
+            version.eval_report = json.loads(report.to_json())
+            registry.transition(session, version.name,
+                                AdapterState.approved if report.passed else AdapterState.rejected)
             name, path = version.name, Path(version.path)
         engine.dispose()
-    log.info("registered %s as a candidate (%d examples, %.0f s)", name, len(examples), seconds)
-    return TrainResult(path, name, len(examples), seconds, history)
+    log.info("%s %s (%d examples, %.0f s): %s", name, "approved" if report.passed else "rejected",
+             len(data["train"]), seconds, "; ".join(report.reasons) or "all checks passed")
+    return TrainResult(path, name, len(data["train"]), seconds, history, report.passed, report.reasons)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -180,5 +256,6 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = main(parse_args())
-    print(json.dumps({"version": result.version, "path": str(result.adapter_dir), "examples": result.examples,
+    print(json.dumps({"version": result.version, "approved": result.approved, "reasons": result.reasons,
+                      "path": str(result.adapter_dir), "examples": result.examples,
                       "seconds": round(result.seconds, 1)}))

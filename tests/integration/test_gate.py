@@ -72,3 +72,16 @@ def test_adapters_the_engine_cannot_serve_are_refused(demo_model: Path, sound: P
     (broken / "adapter_config.json").write_text(json.dumps(config))
     report = evaluate(str(demo_model), broken, HELDOUT, PROMPTS, GateConfig(max_lora_rank=16))
     assert not report.passed and reason in report.reasons[0]
+
+
+def test_training_keeps_its_last_healthy_checkpoint(demo_model: Path, tmp_path: Path) -> None:
+    """The same collapse check runs during training; when the run ends collapsed, the adapter
+    saved is the last checkpoint that passed it, and that one passes the gate."""
+    train(TrainConfig(steps=40, learning_rate=1.5e-3, check_every=5), preference_examples(64),
+          str(demo_model), tmp_path, check_prompts=PROMPTS)
+    checks = json.loads((tmp_path / "loraloop-train.json").read_text())["collapse_checks"]
+    assert not checks[-2]["healthy"]  # the run itself ended collapsed...
+    restored = checks[-1]["restored_step"]
+    assert any(c["step"] == restored and c["healthy"] for c in checks[:-1])  # ...and went back
+    report = evaluate(str(demo_model), tmp_path, HELDOUT, PROMPTS)
+    assert report.passed, report.reasons

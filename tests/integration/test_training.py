@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from sqlalchemy import select
 
+from adapters import registry
 from adapters.db import make_engine, make_sessionmaker
 from adapters.schema import AdapterState, AdapterVersion
 from tests.integration.conftest import CACHE
@@ -77,7 +78,7 @@ def test_training_moves_the_adapter_not_the_base_and_reloads_exactly(demo_model:
     assert losses[-1] < losses[0]
 
 
-def test_a_run_registers_a_candidate_and_a_crash_leaves_nothing(demo_model: Path, tmp_path: Path,
+def test_runs_register_approved_or_rejected_and_a_crash_leaves_nothing(demo_model: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
@@ -104,9 +105,18 @@ def test_a_run_registers_a_candidate_and_a_crash_leaves_nothing(demo_model: Path
     assert result.version is not None and result.version.startswith("dpo-")
     assert (result.adapter_dir / "adapter_model.safetensors").exists()
     assert result.adapter_dir.parent == tmp_path / "data" / "adapters"
+    overtrained = main(TrainConfig(data=str(data), steps=30, batch_size=8, learning_rate=5e-3, check_every=0,
+                                   prefix="hot"))
+    assert not overtrained.approved and any("implausible" in r for r in overtrained.reasons)
+
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'loraloop.db'}")
     with make_sessionmaker(engine)() as session:
-        [version] = session.scalars(select(AdapterVersion))
+        versions = {v.name: v for v in session.scalars(select(AdapterVersion))}
+        servable = registry.snapshot(session).versions
     engine.dispose()
-    assert (version.name, version.state) == (result.version, AdapterState.candidate)
+    sound, hot = versions[result.version], versions[overtrained.version]
+    assert (sound.state, hot.state) == (AdapterState.approved, AdapterState.rejected)
+    assert sound.eval_report["passed"] and not hot.eval_report["passed"]
+    assert sound.provenance["config"]["steps"] == 4 and sound.provenance["data_sha256"]
+    assert set(servable) == {sound.name}  # the rejected version can never reach users
     assert not any((tmp_path / "data" / "runs").iterdir())
