@@ -8,6 +8,7 @@
     loraloop db upgrade                 apply database migrations
     loraloop data export|report|purge   feedback as training data (runs trainer.data)
     loraloop train --method dpo|kto     train a candidate adapter from feedback (runs trainer.train)
+    loraloop scheduler [--once]         train on a schedule when feedback is new (trainer.scheduler)
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def parser() -> argparse.ArgumentParser:
     set_.add_argument("version")
     sub.add_parser("data", help="export|report|purge training data from feedback (see: loraloop data -h)")
     sub.add_parser("train", help="train a DPO/KTO candidate adapter (see: loraloop train -h)")
+    sub.add_parser("scheduler", help="scheduled training (see: loraloop scheduler -h)")
     db = sub.add_parser("db", help="database")
     db.add_argument("action", choices=["upgrade"])
     return p
@@ -163,10 +165,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] in (["data"], ["train"]):
+    trainer_commands = {"data": "trainer.data", "train": "trainer.train", "scheduler": "trainer.scheduler"}
+    if argv[:1] and argv[0] in trainer_commands:
         # Training data and training are the trainer's business: hand over to it (the gateway
         # never imports the trainer, nor torch).
-        module = {"data": "trainer.data", "train": "trainer.train"}[argv[0]]
+        module = trainer_commands[argv[0]]
         os.execv(sys.executable, [sys.executable, "-m", module, *argv[1:]])
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

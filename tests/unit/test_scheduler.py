@@ -1,0 +1,109 @@
+"""The training scheduler: skips when data is short, one run at a time across processes,
+its job stored in the database; on SQLite and PostgreSQL. Training itself is replaced by a
+stand-in here (tests/integration/test_training.py trains for real)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import select
+
+from adapters import leases
+from adapters.schema import TrainingRun
+from tests.unit.test_preference_data import Store
+from trainer.scheduler import LEASE, SchedulerSettings, build_scheduler, next_run, run_once
+
+
+def settings_for(db_url: str, tmp_path: Path, **kw) -> SchedulerSettings:
+    return SchedulerSettings(database_url=db_url, data_dir=tmp_path, train_min_new_ratings=3, **kw)
+
+
+def approved() -> SimpleNamespace:
+    return SimpleNamespace(version="dpo-abc", examples=3, approved=True, reasons=[])
+
+
+def add_ratings(store: Store, n: int) -> None:
+    for i in range(n):
+        store.rate(store.answer(f"q{store.n}-{i}", "text"), 1)
+
+
+def runs(store: Store) -> list[TrainingRun]:
+    with store.session() as session:
+        return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id)))
+
+
+def test_skips_until_enough_new_feedback(db_url: str, tmp_path: Path) -> None:
+    store, settings = Store(db_url), settings_for(db_url, tmp_path)
+    add_ratings(store, 2)
+    assert run_once(settings, approved) == "not_enough_data"
+    add_ratings(store, 1)
+    assert run_once(settings, approved) == "approved"
+    assert run_once(settings, approved) == "not_enough_data"  # nothing new since that run
+    [run] = runs(store)
+    assert (run.outcome, run.version, run.examples) == ("approved", "dpo-abc", 3)
+    assert run.finished_at is not None
+
+
+def test_never_two_runs_at_once(db_url: str, tmp_path: Path) -> None:
+    store, settings = Store(db_url), settings_for(db_url, tmp_path)
+    add_ratings(store, 3)
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_train() -> SimpleNamespace:
+        inside.set()
+        release.wait(30)
+        return approved()
+
+    outcomes: list[str] = []
+    first = threading.Thread(target=lambda: outcomes.append(run_once(settings, slow_train)))
+    first.start()
+    assert inside.wait(30)
+    assert run_once(settings, approved) == "not_enough_data"  # that run is using this data
+    add_ratings(store, 3)  # new data arrives while it trains
+    assert run_once(settings, approved) == "busy"  # as a second replica would see it
+    release.set()
+    first.join(30)
+    assert outcomes == ["approved"]
+    assert len(runs(store)) == 1
+    assert run_once(settings, approved) == "approved"  # the newer data gets its run afterwards
+
+
+def test_a_crashed_runs_lease_expires(db_url: str, tmp_path: Path) -> None:
+    store, settings = Store(db_url), settings_for(db_url, tmp_path)
+    add_ratings(store, 3)
+    assert leases.acquire(store.sessions, LEASE, "dead-host:1", timedelta(seconds=1))
+    assert run_once(settings, approved) == "busy"
+    time.sleep(1.2)
+    assert run_once(settings, approved) == "approved"
+
+
+def test_a_failing_run_is_recorded_and_frees_the_lease(db_url: str, tmp_path: Path) -> None:
+    store, settings = Store(db_url), settings_for(db_url, tmp_path)
+    add_ratings(store, 3)
+
+    def broken() -> None:
+        raise RuntimeError("out of memory")
+
+    assert run_once(settings, broken) == "failed"
+    assert runs(store)[0].detail == "RuntimeError('out of memory')"
+    assert run_once(settings, approved) == "approved"  # the data still counts as new
+
+
+@pytest.mark.parametrize("trigger", [{"train_interval_minutes": 30}, {"train_cron": "0 3 * * *"}])
+def test_the_schedule_is_stored_in_the_database(db_url: str, tmp_path: Path, trigger: dict) -> None:
+    Store(db_url)  # creates the schema
+    settings = settings_for(db_url, tmp_path, **trigger)
+    scheduler = build_scheduler(settings, blocking=False)
+    scheduler.start(paused=True)
+    planned = scheduler.get_job("loraloop-train").next_run_time
+    scheduler.shutdown()
+    assert next_run(settings) == planned  # a restarted process finds it there
+    again = build_scheduler(settings, blocking=False)  # a restart: replaces, never duplicates
+    again.start(paused=True)
+    assert [j.id for j in again.get_jobs()] == ["loraloop-train"]
+    again.shutdown()

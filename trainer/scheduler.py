@@ -1,0 +1,160 @@
+"""Scheduled training: an APScheduler job, stored in the project's database, that trains a
+new candidate when enough new feedback has arrived.
+
+    python -m trainer.scheduler            # run the scheduler (blocking)
+    python -m trainer.scheduler --once     # one check-and-maybe-train, then exit
+
+Settings (environment): LORALOOP_TRAIN_INTERVAL_MINUTES (default 60) or LORALOOP_TRAIN_CRON
+("0 3 * * *"), LORALOOP_TRAIN_MIN_NEW_RATINGS (default 50), LORALOOP_TRAIN_METHOD (dpo).
+The job lives in the database's `apscheduler_jobs` table, so its schedule survives restarts;
+a lease in the database makes sure only one run happens at a time across every replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from pydantic import Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from adapters import leases
+from adapters.db import make_engine, make_sessionmaker, upgrade
+from adapters.schema import Feedback, TrainingRun, utcnow
+from adapters.settings import StoreSettings
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "loraloop-train"
+LEASE = "training"
+
+
+class SchedulerSettings(StoreSettings):
+    train_interval_minutes: float = Field(60, description="Minutes between checks for new data.")
+    train_cron: str = Field("", description="Crontab instead of an interval, e.g. '0 3 * * *'.")
+    train_min_new_ratings: int = Field(50, description="New ratings needed since the last run.")
+    train_method: str = Field("dpo", description="dpo or kto.")
+    train_steps: int = Field(100, description="Optimizer steps per run.")
+    train_lease_hours: float = Field(3, description="A run holding the lease longer is presumed dead.")
+
+
+def new_ratings_since_last_run(sessions: sessionmaker) -> int:
+    with sessions() as session:
+        last = session.scalar(select(func.max(TrainingRun.started_at)).where(TrainingRun.outcome != "failed"))
+        query = select(func.count()).select_from(Feedback)
+        if last is not None:
+            query = query.where(Feedback.updated_at > last)
+        return int(session.scalar(query) or 0)
+
+
+def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = None) -> str:
+    """Checks for new data and trains if there is enough and no other run is going.
+
+    Returns what happened: "not_enough_data", "busy", or the run's outcome. `train` replaces
+    the real training call in tests."""
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    try:
+        new = new_ratings_since_last_run(sessions)
+        if new < settings.train_min_new_ratings:
+            log.info("training skipped: %d new ratings, %d needed", new, settings.train_min_new_ratings)
+            return "not_enough_data"
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        if not leases.acquire(sessions, LEASE, holder, timedelta(hours=settings.train_lease_hours)):
+            log.info("training skipped: another run holds the lease")
+            return "busy"
+        try:
+            with sessions.begin() as session:
+                run = TrainingRun(method=settings.train_method, outcome="running")
+                session.add(run)
+                session.flush()
+                run_id = run.id
+            outcome, version, examples, detail = "failed", None, None, None
+            try:
+                result = train() if train is not None else _train(settings)
+                version = getattr(result, "version", None)
+                examples = getattr(result, "examples", None)
+                outcome = "approved" if getattr(result, "approved", False) else "rejected"
+                detail = "; ".join(getattr(result, "reasons", []) or [])
+            except Exception as exc:  # recorded, and the next tick tries again
+                log.exception("training run %d failed", run_id)
+                detail = repr(exc)
+            with sessions.begin() as session:
+                row = session.get(TrainingRun, run_id)
+                assert row is not None
+                row.outcome, row.version, row.examples, row.detail = outcome, version, examples, detail
+                row.finished_at = utcnow()
+            return outcome
+        finally:
+            leases.release(sessions, LEASE, holder)
+    finally:
+        engine.dispose()
+
+
+def _train(settings: SchedulerSettings) -> object:
+    from trainer.train import TrainConfig, main
+
+    return main(TrainConfig(method=settings.train_method, steps=settings.train_steps))
+
+
+def tick() -> None:
+    """The scheduled job (module-level, so the database job store can refer to it by name)."""
+    run_once(SchedulerSettings())
+
+
+def build_scheduler(settings: SchedulerSettings, blocking: bool = True):  # type: ignore[no-untyped-def]
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    url = settings.db_url.replace("postgresql://", "postgresql+psycopg://")
+    cls = BlockingScheduler if blocking else BackgroundScheduler
+    scheduler = cls(jobstores={"default": SQLAlchemyJobStore(url=url)},
+                    job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
+    trigger = (CronTrigger.from_crontab(settings.train_cron) if settings.train_cron
+               else IntervalTrigger(minutes=settings.train_interval_minutes))
+    scheduler.add_job("trainer.scheduler:tick", trigger, id=JOB_ID, replace_existing=True)
+    return scheduler
+
+
+def next_run(settings: SchedulerSettings) -> datetime | None:
+    """When the stored job runs next, as the database says."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    store = SQLAlchemyJobStore(url=settings.db_url.replace("postgresql://", "postgresql+psycopg://"))
+    store.start(None, "default")  # type: ignore[arg-type]
+    try:
+        job = store.lookup_job(JOB_ID)
+        return job.next_run_time if job else None
+    finally:
+        store.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="loraloop scheduler", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--once", action="store_true", help="check once, train if due, exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = SchedulerSettings()
+    if args.once:
+        print(run_once(settings))
+        return
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    engine.dispose()
+    scheduler = build_scheduler(settings)
+    log.info("training scheduler started (%s)", settings.train_cron or f"every {settings.train_interval_minutes} min")
+    scheduler.start()
+
+
+if __name__ == "__main__":
+    main()
