@@ -95,7 +95,7 @@ def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: 
 
     from trainer.gate import GateConfig, sample_metrics
 
-    gate = GateConfig(max_new_tokens=32)
+    gate = GateConfig()  # the gate's own settings and prompts: the same verdict as the gate's
 
     class HealthyCheckpoint(TrainerCallback):
         def __init__(self) -> None:
@@ -165,7 +165,7 @@ def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  #
                                  processing_class=tokenizer, peft_config=lora)
     guard = None
     if check_prompts and cfg.check_every:
-        guard = healthy_checkpoint_callback(tokenizer, check_prompts[:8], cfg.check_every)
+        guard = healthy_checkpoint_callback(tokenizer, check_prompts, cfg.check_every)
         trainer.add_callback(guard)
     started = time.monotonic()
     trainer.train()
