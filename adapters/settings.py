@@ -18,6 +18,7 @@ class StoreSettings(BaseSettings):
     data_dir: Path = Field(Path.home() / ".local/share/loraloop",
                            description="Demo model, adapter store, SQLite database, logs.")
     database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite under data_dir.")
+    base_model: str = Field("", description="HF id or local path of the base model; empty: the demo model.")
     retention_days: int = Field(0, description="`loraloop data purge` deletes older interactions; 0 keeps all.")
 
     @property

@@ -106,8 +106,7 @@ def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
         if args.action == "add":
             version = registry.register(
                 session, Path(args.path), settings.adapter_store, settings.base_model or DEMO_MODEL_NAME,
-                prefix=args.prefix, max_rank=settings.engine.max_lora_rank,
-                state=AdapterState.approved if args.approve else AdapterState.candidate)
+                prefix=args.prefix, max_rank=settings.engine.max_lora_rank, state=AdapterState.approved)
             if args.alias:
                 registry.set_champion(session, args.alias, version.name)
             print(json.dumps({"name": version.name, "state": version.state.value, "path": version.path}))
@@ -147,8 +146,9 @@ def parser() -> argparse.ArgumentParser:
     add.add_argument("path")
     add.add_argument("--prefix", default="adapter", help="version names are PREFIX-<hash>")
     add.add_argument("--approve", action="store_true",
-                     help="operator approval: servable at once instead of awaiting the gate")
-    add.add_argument("--alias", help="also make it this alias's champion (needs --approve)")
+                     help="operator approval: servable at once, WITHOUT the eval gate (for adapters "
+                          "evaluated elsewhere); default: the gate decides")
+    add.add_argument("--alias", help="also make it this alias's champion (if approved)")
     ad_sub.add_parser("list")
     aliases = sub.add_parser("aliases", help="aliases")
     al_sub = aliases.add_subparsers(dest="action", required=True)
@@ -166,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     trainer_commands = {"data": "trainer.data", "train": "trainer.train", "scheduler": "trainer.scheduler"}
+    if argv[:2] == ["adapters", "add"] and "--approve" not in argv:
+        # Without an operator's explicit approval, an adapter goes through the eval gate,
+        # which runs the model: the trainer's job.
+        os.execv(sys.executable, [sys.executable, "-m", "trainer.admit", *argv[2:]])
     if argv[:1] and argv[0] in trainer_commands:
         # Training data and training are the trainer's business: hand over to it (the gateway
         # never imports the trainer, nor torch).

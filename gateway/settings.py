@@ -37,7 +37,6 @@ class Settings(StoreSettings):
     upstreams: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="vLLM base URLs, comma separated. Empty: start and supervise one.")
-    base_model: str = Field("", description="HF id or local path; empty: the demo model.")
     served_model_name: str = Field(
         "", description="Name apps use for the base model; empty: the upstream's own name.")
 

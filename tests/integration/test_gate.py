@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from adapters import registry
+from adapters.db import make_engine, make_sessionmaker
+from adapters.schema import AdapterState
+from tests.integration.conftest import CACHE
 from tests.integration.test_training import preference_examples
 from trainer.gate import GateConfig, evaluate
 from trainer.train import TrainConfig, train
@@ -27,6 +34,14 @@ def sound(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def collapsed(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DPO pushed far past the point where its samples turn to garbage."""
+    out = tmp_path_factory.mktemp("collapsed")
+    train(TrainConfig(steps=60, learning_rate=5e-3, check_every=0), preference_examples(64), str(demo_model), out)
+    return out
+
+
 def test_a_sound_candidate_passes(demo_model: Path, sound: Path) -> None:
     report = evaluate(str(demo_model), sound, HELDOUT, PROMPTS)
     assert report.passed, report.reasons
@@ -34,11 +49,10 @@ def test_a_sound_candidate_passes(demo_model: Path, sound: Path) -> None:
 
 
 def test_an_overtrained_candidate_is_refused_though_its_preference_metrics_look_great(
-        demo_model: Path, tmp_path: Path) -> None:
+        demo_model: Path, collapsed: Path) -> None:
     """DPO pushed too far: held-out preference accuracy stays perfect while samples turn to
     garbage (shared/FACTS.md). Only the sample-based checks can tell."""
-    train(TrainConfig(steps=60, learning_rate=5e-3), preference_examples(64), str(demo_model), tmp_path)
-    report = evaluate(str(demo_model), tmp_path, HELDOUT, PROMPTS)
+    report = evaluate(str(demo_model), collapsed, HELDOUT, PROMPTS)
     assert report.metrics["pair_accuracy"] >= 0.9  # what a reward-accuracy gate would wave through
     assert not report.passed
     assert any("sampled KL" in r for r in report.reasons)
@@ -85,3 +99,32 @@ def test_training_keeps_its_last_healthy_checkpoint(demo_model: Path, tmp_path: 
     assert any(c["step"] == restored and c["healthy"] for c in checks[:-1])  # ...and went back
     report = evaluate(str(demo_model), tmp_path, HELDOUT, PROMPTS)
     assert report.passed, report.reasons
+
+
+def test_adapters_brought_by_operators_go_through_the_same_gate(demo_model: Path, sound: Path, collapsed: Path,
+                                                               tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(CACHE / "models")
+    env = {**os.environ, "LORALOOP_DATA_DIR": str(data)}
+
+    def add(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "adapters", "add", str(path), "--prefix",
+                               "ops", "--alias", "default"], env=env, capture_output=True, text=True, timeout=300)
+
+    refused = add(collapsed)
+    assert refused.returncode == 1
+    verdict = json.loads(refused.stdout)
+    assert verdict["state"] == "rejected" and any("implausible" in r for r in verdict["reasons"])
+    accepted = add(sound)
+    assert accepted.returncode == 0, accepted.stderr
+    assert json.loads(accepted.stdout)["state"] == "champion"  # approved, then made the alias's champion
+
+    engine = make_engine(f"sqlite:///{data / 'loraloop.db'}")
+    with make_sessionmaker(engine)() as session:
+        snapshot = registry.snapshot(session)
+        states = {v.name: v.state for v in registry.list_versions(session)}
+    engine.dispose()
+    assert snapshot.aliases == {"default": json.loads(accepted.stdout)["name"]}
+    assert set(snapshot.versions) == {json.loads(accepted.stdout)["name"]}  # the garbage one never serves
+    assert states[verdict["name"]] == AdapterState.rejected
