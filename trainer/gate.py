@@ -10,7 +10,10 @@ Checks, on held-out data the run never trained on:
    repetition. Measured on this project's demo model (shared/FACTS.md): teacher-forced
    metrics stay healthy while a collapsed adapter's samples are garbage; these numbers
    separated healthy (KL <= 0.68, share <= 0.08) from collapsed (KL >= 7, share >= 0.39).
-Still to come (issue 4): the reward-model win rate against the champion.
+4. with a reward model trained on the same feedback (trainer/reward_model.py): the win rate
+   of the candidate's answers against the champion's on held-out prompts. A candidate the
+   users' preferences clearly rank below what serves now is refused; whether it is better
+   is for the live A/B test to show.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class GateConfig:
     max_implausible_share: float = field(default=0.10, metadata={"help": "Reject at or above this share."})
     implausible_nll: float = field(default=1.0, metadata={"help": "Base NLL (nats/token) called implausible."})
     max_repetition: float = field(default=0.5, metadata={"help": "Reject above this repeated-4-gram share."})
+    min_win_rate: float = field(default=0.35, metadata={"help": "Refuse below this win rate vs the champion."})
     max_new_tokens: int = field(default=48, metadata={"help": "Sample length."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
 
@@ -127,8 +131,10 @@ def sample_metrics(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> dic
 
 
 def evaluate(base_model: str, adapter_dir: Path, heldout_pairs: list[dict], heldout_prompts: list[Any],
-             cfg: GateConfig | None = None) -> GateReport:
-    """Runs every check; the candidate passes only if none objects."""
+             cfg: GateConfig | None = None, reward_model: Path | None = None,
+             champion: Path | None = None) -> GateReport:
+    """Runs every check; the candidate passes only if none objects. With `reward_model`
+    (a trainer.reward_model adapter) also the win rate against `champion` (None: the base)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -155,4 +161,12 @@ def evaluate(base_model: str, adapter_dir: Path, heldout_pairs: list[dict], held
                        f"(limit {cfg.max_implausible_share:.0%}): degenerate output")
     if metrics["repetition"] > cfg.max_repetition:
         reasons.append(f"repetition {metrics['repetition']:.2f} > {cfg.max_repetition}")
+    if reward_model is not None:
+        from trainer.reward_model import RewardModel, win_rate
+
+        metrics["win_rate"] = win_rate(RewardModel(base_model, reward_model), base_model, adapter_dir, champion,
+                                       heldout_prompts[:8], seed=cfg.seed)
+        if metrics["win_rate"] < cfg.min_win_rate:
+            reasons.append(f"win rate {metrics['win_rate']:.2f} against the "
+                           f"{'champion' if champion else 'base'} < {cfg.min_win_rate} (reward model)")
     return GateReport(not reasons, reasons, {k: round(v, 4) for k, v in metrics.items()})

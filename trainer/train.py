@@ -47,6 +47,9 @@ class TrainConfig:
         "help": "Steps between collapse checks; the last healthy checkpoint is what is kept (0: off)."})
     heldout_fraction: float = field(default=0.1, metadata={
         "help": "Share of prompts (of a --data file) held out for the gate."})
+    reward_model_steps: int = field(default=60, metadata={
+        "help": "Steps of the gate's reward model (DPO runs; 0: no win-rate check)."})
+    alias: str = field(default="default", metadata={"help": "Whose champion the candidate is compared with."})
 
     def __post_init__(self) -> None:
         if self.method not in ("dpo", "kto"):
@@ -193,6 +196,19 @@ def _sha256_lines(examples: list[dict]) -> str:
     return digest.hexdigest()
 
 
+def current_champion(db_url: str, alias: str) -> Path | None:
+    from adapters import registry
+    from adapters.db import make_engine, make_sessionmaker, upgrade
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with make_sessionmaker(engine)() as session:
+        table = registry.snapshot(session)
+    engine.dispose()
+    champion = table.aliases.get(alias)
+    return Path(table.versions[champion]) if champion in table.versions else None
+
+
 def main(cfg: TrainConfig) -> TrainResult:
     """Data -> training -> gate -> a registered version, `approved` or `rejected` with its report."""
     from adapters import registry
@@ -215,7 +231,14 @@ def main(cfg: TrainConfig) -> TrainResult:
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_root, prefix=f"{cfg.method}-") as scratch:
         seconds, history, _ = train(cfg, data["train"], base_model, Path(scratch), prompts)
-        report = evaluate(base_model, Path(scratch), pairs, prompts)
+        reward = None
+        if cfg.method == "dpo" and cfg.reward_model_steps and len(data["train"]) >= 8:
+            from trainer.reward_model import train_reward_model
+
+            reward = train_reward_model(base_model, data["train"], Path(scratch) / "reward-model",
+                                        cfg.reward_model_steps, cfg.seed)
+        report = evaluate(base_model, Path(scratch), pairs, prompts, reward_model=reward,
+                          champion=current_champion(settings.db_url, cfg.alias))
         provenance = json.loads((Path(scratch) / "loraloop-train.json").read_text())
         (Path(scratch) / "loraloop-eval.json").write_text(report.to_json())
         if not cfg.register:

@@ -128,3 +128,30 @@ def test_adapters_brought_by_operators_go_through_the_same_gate(demo_model: Path
     assert snapshot.aliases == {"default": json.loads(accepted.stdout)["name"]}
     assert set(snapshot.versions) == {json.loads(accepted.stdout)["name"]}  # the garbage one never serves
     assert states[verdict["name"]] == AdapterState.rejected
+
+
+@pytest.fixture(scope="module")
+def reward_model(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trained on the same kind of feedback: users prefer formal answers."""
+    from trainer.reward_model import train_reward_model
+
+    return train_reward_model(str(demo_model), preference_examples(256), tmp_path_factory.mktemp("rm"))
+
+
+def test_the_reward_model_learns_the_users_preference(demo_model: Path, reward_model: Path) -> None:
+    from trainer.reward_model import RewardModel
+
+    rm = RewardModel(str(demo_model), reward_model)
+    right = sum(rm.score(p["prompt"], p["chosen"][0]["content"]) > rm.score(p["prompt"], p["rejected"][0]["content"])
+                for p in HELDOUT)
+    assert right / len(HELDOUT) >= 0.9
+
+
+def test_win_rate_against_the_champion(demo_model: Path, reward_model: Path, collapsed: Path,
+                                       adapter_dirs: dict[str, Path]) -> None:
+    formal = adapter_dirs["formal"]  # answers every prompt formally: what these users like
+    preferred = evaluate(str(demo_model), formal, [], PROMPTS, reward_model=reward_model)
+    assert preferred.metrics["win_rate"] > 0.6  # against the base (no champion yet)
+    worse = evaluate(str(demo_model), collapsed, [], PROMPTS, reward_model=reward_model, champion=formal)
+    assert worse.metrics["win_rate"] < 0.35
+    assert any("win rate" in r for r in worse.reasons)
