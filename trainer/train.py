@@ -257,6 +257,9 @@ def main(cfg: TrainConfig) -> TrainResult:
                                 AdapterState.approved if report.passed else AdapterState.rejected)
             name, path = version.name, Path(version.path)
         engine.dispose()
+        from trainer.report import write_report
+
+        write_report(settings.data_dir / "reports", name, provenance, history, json.loads(report.to_json()))
     log.info("%s %s (%d examples, %.0f s): %s", name, "approved" if report.passed else "rejected",
              len(data["train"]), seconds, "; ".join(report.reasons) or "all checks passed")
     return TrainResult(path, name, len(data["train"]), seconds, history, report.passed, report.reasons)

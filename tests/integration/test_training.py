@@ -119,4 +119,8 @@ def test_runs_register_approved_or_rejected_and_a_crash_leaves_nothing(demo_mode
     assert sound.eval_report["passed"] and not hot.eval_report["passed"]
     assert sound.provenance["config"]["steps"] == 4 and sound.provenance["data_sha256"]
     assert set(servable) == {sound.name}  # the rejected version can never reach users
+    for name in (sound.name, hot.name):  # a report for people: curves and verdict as PNG, and JSON
+        assert (tmp_path / "data" / "reports" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert json.loads((tmp_path / "data" / "reports" / f"{name}.json").read_text())["gate"]["passed"] == \
+            (name == sound.name)
     assert not any((tmp_path / "data" / "runs").iterdir())
