@@ -47,10 +47,6 @@ class Fleet:
         rotated = self.replicas[self._next:] + self.replicas[:self._next]
         return sorted((r for r in rotated if r.healthy), key=lambda r: r.in_flight)
 
-    @property
-    def any_healthy(self) -> bool:
-        return any(r.healthy for r in self.replicas)
-
     def base_model(self) -> str | None:
         return next((r.base_model for r in self.replicas if r.base_model), None)
 

@@ -55,13 +55,6 @@ def register(session: Session, src: Path, store_root: Path, base_model: str, *,
     return version
 
 
-def get(session: Session, name: str) -> AdapterVersion:
-    version = session.get(AdapterVersion, name)
-    if version is None:
-        raise AdapterNotFound(f"adapter version {name!r} does not exist", param="model")
-    return version
-
-
 def transition(session: Session, name: str, new: AdapterState) -> AdapterVersion:
     """The one place an adapter version changes state. Row-locked against concurrent movers."""
     version = session.execute(
