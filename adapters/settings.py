@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEMO_MODEL_NAME = "loraloop-demo"  # the name the demo base model is served under
+
 
 class StoreSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LORALOOP_", env_nested_delimiter="__", extra="ignore")

@@ -50,6 +50,13 @@ def error_response(exc: Exception, retry_after_s: int = 5) -> JSONResponse:
     return JSONResponse(error_body("internal server error", "api_error", "internal_error"), 500)
 
 
+def invalid_request(errors: list) -> e.InvalidRequest:  # type: ignore[type-arg]
+    """The first pydantic error as an InvalidRequest that names the field."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    field = ".".join(str(p) for p in first["loc"] if p != "body") or None
+    return e.InvalidRequest(f"{field}: {first['msg']}" if field else str(first["msg"]), param=field)
+
+
 def install_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def on_domain(_: Request, exc: Exception) -> JSONResponse:
         return error_response(exc, retry_after_s)
@@ -61,10 +68,7 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        field = ".".join(str(p) for p in first["loc"] if p != "body") or None
-        message = f"{field}: {first['msg']}" if field else str(first["msg"])
-        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request", field), 400)
+        return error_response(invalid_request(list(exc.errors())), retry_after_s)
 
     app.add_exception_handler(e.LoraloopError, on_domain)
     app.add_exception_handler(HTTPException, on_http)

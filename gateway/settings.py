@@ -8,9 +8,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from adapters.settings import StoreSettings
+from adapters.settings import DEMO_MODEL_NAME, StoreSettings
 
-DEMO_MODEL_NAME = "loraloop-demo"
+__all__ = ["DEMO_MODEL_NAME", "EngineSettings", "Settings"]
+
 
 
 class EngineSettings(BaseModel):

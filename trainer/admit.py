@@ -22,11 +22,9 @@ from sqlalchemy import select
 from adapters import registry
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.schema import AdapterState, Interaction
-from adapters.settings import StoreSettings
+from adapters.settings import DEMO_MODEL_NAME, StoreSettings
 from trainer.data import DataConfig, build, is_heldout, prompt_key
 from trainer.gate import GateConfig, evaluate
-
-DEMO_MODEL_NAME = "loraloop-demo"
 
 
 def heldout_data(sessions, demo: bool, n: int = 16) -> tuple[list[dict], list]:  # type: ignore[no-untyped-def]

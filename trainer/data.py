@@ -141,15 +141,19 @@ BUILDERS = {"dpo": dpo_pairs, "kto": kto_examples, "sft": sft_examples}
 
 def build(session: Session, fmt: str, cfg: DataConfig) -> dict[str, list[dict]]:
     """{"train": [...], "heldout": [...]} in format `fmt` (dpo, kto or sft)."""
+    return _split(rated_answers(session, cfg), fmt, cfg)
+
+
+def _split(answers: list[Answer], fmt: str, cfg: DataConfig) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"train": [], "heldout": []}
-    for split, example in _capped(BUILDERS[fmt](rated_answers(session, cfg)), cfg):
+    for split, example in _capped(BUILDERS[fmt](answers), cfg):
         out[split].append(example)
     return out
 
 
 def report(session: Session, cfg: DataConfig) -> dict:
     answers = rated_answers(session, cfg)
-    pairs = build(session, "dpo", cfg)
+    pairs = _split(answers, "dpo", cfg)
     per_prompt = Counter(prompt_key(p["prompt"]) for split in pairs.values() for p in split)
     versions: dict[str, dict[str, int]] = defaultdict(lambda: {"interactions": 0, "rated": 0, "up": 0, "down": 0})
     for version, in session.execute(select(Interaction.adapter_version)):

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 
 from adapters.errors import InvalidRequest, NotFound
 from adapters.feedback import Rating
+from gateway.errors import invalid_request
 from gateway.feedback.schemas import RATINGS, FeedbackRequest
 from gateway.openai_api.requests import read_body
 from gateway.state import GatewayState
@@ -27,9 +28,7 @@ async def post_feedback(request: Request) -> JSONResponse:
     try:
         body = FeedbackRequest.model_validate_json(await read_body(request, 64_000))
     except pydantic.ValidationError as exc:
-        error = exc.errors()[0]
-        field = ".".join(str(p) for p in error["loc"]) or None
-        raise InvalidRequest(f"{field}: {error['msg']}" if field else error["msg"], param=field) from None
+        raise invalid_request(exc.errors()) from None
     limit = state.settings.feedback_comment_max_chars
     if body.comment is not None and len(body.comment) > limit:
         raise InvalidRequest(f"comment: at most {limit} characters, got {len(body.comment)}", param="comment")
