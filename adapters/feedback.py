@@ -31,6 +31,8 @@ class RatingResult:
     stored: bool  # False: no such interaction for this tenant
     end_user: str = ""
     replaced: bool = False
+    adapter_version: str | None = None  # what served the rated answer (for the metrics)
+    arm: str = ""
 
 
 def write_interactions(session: Session, rows: Iterable[dict]) -> None:
@@ -54,7 +56,8 @@ def write_ratings(session: Session, ratings: list[Rating]) -> list[RatingResult]
     interactions, feedback = Interaction.__table__, Feedback.__table__
     ids = list({r.interaction_id for r in ratings})
     found = {row.id: row for row in conn.execute(
-        select(interactions.c.id, interactions.c.tenant, interactions.c.end_user)
+        select(interactions.c.id, interactions.c.tenant, interactions.c.end_user,
+               interactions.c.adapter_version, interactions.c.arm)
         .where(interactions.c.id.in_(ids)))}
     existing = set(conn.execute(select(feedback.c.interaction_id, feedback.c.end_user)
                                 .where(feedback.c.interaction_id.in_(ids))).tuples())
@@ -67,7 +70,8 @@ def write_ratings(session: Session, ratings: list[Rating]) -> list[RatingResult]
             continue
         user = r.end_user if r.end_user is not None else interaction.end_user
         key = (r.interaction_id, user)
-        results.append(RatingResult(stored=True, end_user=user, replaced=key in existing or key in rows))
+        results.append(RatingResult(stored=True, end_user=user, replaced=key in existing or key in rows,
+                                    adapter_version=interaction.adapter_version, arm=interaction.arm))
         rows[key] = {"interaction_id": r.interaction_id, "end_user": user, "rating": r.rating,
                      "comment": r.comment, "created_at": now, "updated_at": now}  # last one wins
     if rows:

@@ -38,6 +38,7 @@ class Fleet:
         self.replicas = [Replica(url) for url in urls]
         self.client = client
         self.probe_timeout_s = probe_timeout_s
+        self.down_events: dict[str, int] = {}  # url -> times taken out of rotation
         self._next = 0
 
     def pick_order(self) -> list[Replica]:
@@ -77,6 +78,8 @@ class Fleet:
 
     def mark_down(self, replica: Replica, reason: object) -> None:
         log.warning("replica %s is down: %r", replica.url, reason)
+        if replica.healthy:
+            self.down_events[replica.url] = self.down_events.get(replica.url, 0) + 1
         replica.healthy = False
         replica.loaded.clear()
 

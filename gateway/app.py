@@ -7,14 +7,17 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import anyio
 import httpx
 from fastapi import FastAPI
-from starlette.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
 
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.fleet import Fleet
+from adapters.stats import read_stats
 from gateway.admin.router import router as admin_router
 from gateway.auth import Authenticator
 from gateway.deps import State
@@ -22,6 +25,7 @@ from gateway.errors import install_handlers
 from gateway.feedback.router import router as feedback_router
 from gateway.feedback.service import RatingWriter
 from gateway.interaction_log import InteractionLog
+from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.openai_api.proxy import Forwarder
 from gateway.openai_api.router import router as openai_router
 from gateway.routing import Router
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = None,
                migrate: bool = True) -> FastAPI:
     """`transport` replaces the network under the upstream client (httpx.MockTransport in tests)."""
+    metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,16 +52,20 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             fleet = Fleet(settings.upstreams, client)
             router = Router(sessions, settings.served_model_name)
             auth = Authenticator(None if settings.auth == "none" else sessions, settings.auth_cache_ttl_s)
-            log = InteractionLog(sessions, settings.log_queue_size, settings.log_overflow)
+            log = InteractionLog(sessions, settings.log_queue_size, settings.log_overflow, metrics)
             state = GatewayState(settings, engine, sessions, client, fleet, router, auth,
-                                 Forwarder(fleet, client, log), log, RatingWriter(sessions, log))
+                                 Forwarder(fleet, client, log, metrics), log,
+                                 RatingWriter(sessions, log, metrics), metrics)
             app.state.gateway = state
+            metrics.bind(state)
             await fleet.probe_all()
             _adopt_base_model(state)
             await router.refresh()
+            await _refresh_stats(state)
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_every, settings.health_interval_s, lambda: _probe(state))
                 tasks.start_soon(_every, settings.registry_refresh_s, router.refresh)
+                tasks.start_soon(_every, settings.stats_refresh_s, lambda: _refresh_stats(state))
                 tasks.start_soon(log.run)
                 tasks.start_soon(state.ratings.run)
                 yield
@@ -66,6 +75,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         engine.dispose()
 
     app = FastAPI(title="loraloop gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_handlers(app, settings.retry_after_s)
     app.include_router(openai_router)
     app.include_router(feedback_router)
@@ -85,6 +95,11 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                                "adapters_loaded": len(r.loaded)} for r in state.fleet.replicas]}
         return JSONResponse(body, 200 if up else 503)
 
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """Prometheus exposition (gateway/metrics.py says what is in it)."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     return app
 
 
@@ -97,6 +112,16 @@ def _adopt_base_model(state: GatewayState) -> None:
 async def _probe(state: GatewayState) -> None:
     await state.fleet.probe_all()
     _adopt_base_model(state)
+
+
+async def _refresh_stats(state: GatewayState) -> None:
+    window = timedelta(minutes=state.settings.drift_window_minutes)
+
+    def read() -> None:
+        with state.sessions() as session:
+            state.metrics.db_stats = read_stats(session, window)
+
+    await anyio.to_thread.run_sync(read)
 
 
 async def _every(seconds: float, job) -> None:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from sqlalchemy.orm import sessionmaker
@@ -22,6 +22,9 @@ from sqlalchemy.orm import sessionmaker
 from adapters.errors import LogQueueFull
 from adapters.feedback import write_interactions
 from adapters.schema import utcnow
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +51,10 @@ class Record:
 
 
 class InteractionLog:
-    def __init__(self, sessions: sessionmaker, max_queue: int, overflow: str, batch_size: int = 500,
-                 flush_interval_s: float = 0.05):
+    def __init__(self, sessions: sessionmaker, max_queue: int, overflow: str,
+                 metrics: GatewayMetrics | None = None, batch_size: int = 500, flush_interval_s: float = 0.05):
         self.sessions = sessions
+        self.metrics = metrics
         self.queue: asyncio.Queue[Record] = asyncio.Queue(max_queue)
         self.overflow = overflow
         self.batch_size = batch_size
@@ -121,6 +125,8 @@ class InteractionLog:
         rows = [_row(rec) for rec in batch]
         with self.sessions.begin() as session:
             write_interactions(session, rows)
+        if self.metrics is not None:
+            self.metrics.count_tokens(rows)
 
 
 def _row(rec: Record) -> dict:

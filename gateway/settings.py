@@ -54,6 +54,9 @@ class Settings(StoreSettings):
         "drop", description="Log queue full: drop the entry (counted) or refuse completions with 503.")
     feedback_comment_max_chars: int = Field(2000, description="Longer feedback comments get 400.")
 
+    stats_refresh_s: float = Field(15.0, description="How often /metrics' database figures are re-read.")
+    drift_window_minutes: float = Field(60.0, description="Recent prompts compared for prompt drift.")
+
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
     @field_validator("upstreams", mode="before")

@@ -12,6 +12,7 @@ from adapters.fleet import Fleet
 from gateway.auth import Authenticator
 from gateway.feedback.service import RatingWriter
 from gateway.interaction_log import InteractionLog
+from gateway.metrics import GatewayMetrics
 from gateway.openai_api.proxy import Forwarder
 from gateway.routing import Router
 from gateway.settings import Settings
@@ -29,3 +30,4 @@ class GatewayState:
     forwarder: Forwarder
     log: InteractionLog
     ratings: RatingWriter
+    metrics: GatewayMetrics

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -23,15 +21,15 @@ from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from adapters import leases
 from adapters.db import make_engine, make_sessionmaker, upgrade
-from adapters.schema import Feedback, TrainingRun, utcnow
+from adapters.schema import Feedback, TrainingRun
 from adapters.settings import StoreSettings
+from trainer.runs import LEASE, run_exclusive
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "loraloop-train"
-LEASE = "training"
+__all__ = ["LEASE", "SchedulerSettings", "build_scheduler", "next_run", "run_once"]
 
 
 class SchedulerSettings(StoreSettings):
@@ -65,34 +63,11 @@ def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = N
         if new < settings.train_min_new_ratings:
             log.info("training skipped: %d new ratings, %d needed", new, settings.train_min_new_ratings)
             return "not_enough_data"
-        holder = f"{socket.gethostname()}:{os.getpid()}"
-        if not leases.acquire(sessions, LEASE, holder, timedelta(hours=settings.train_lease_hours)):
+        done = run_exclusive(sessions, settings.train_method, timedelta(hours=settings.train_lease_hours),
+                             settings.data_dir / "runs", train or (lambda: _train(settings)))
+        if done.outcome == "busy":
             log.info("training skipped: another run holds the lease")
-            return "busy"
-        try:
-            with sessions.begin() as session:
-                run = TrainingRun(method=settings.train_method, outcome="running")
-                session.add(run)
-                session.flush()
-                run_id = run.id
-            outcome, version, examples, detail = "failed", None, None, None
-            try:
-                result = train() if train is not None else _train(settings)
-                version = getattr(result, "version", None)
-                examples = getattr(result, "examples", None)
-                outcome = "approved" if getattr(result, "approved", False) else "rejected"
-                detail = "; ".join(getattr(result, "reasons", []) or [])
-            except Exception as exc:  # recorded, and the next tick tries again
-                log.exception("training run %d failed", run_id)
-                detail = repr(exc)
-            with sessions.begin() as session:
-                row = session.get(TrainingRun, run_id)
-                assert row is not None
-                row.outcome, row.version, row.examples, row.detail = outcome, version, examples, detail
-                row.finished_at = utcnow()
-            return outcome
-        finally:
-            leases.release(sessions, LEASE, holder)
+        return done.outcome
     finally:
         engine.dispose()
 

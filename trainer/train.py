@@ -279,9 +279,35 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**vars(parser.parse_args(argv)))
 
 
+def run_recorded(cfg: TrainConfig) -> TrainResult:
+    """`main` as one recorded run: waits for no one (a run already going is an error) and
+    leaves a `training_runs` row, like a scheduled run."""
+    from datetime import timedelta
+
+    from adapters.db import make_engine, make_sessionmaker, upgrade
+    from adapters.settings import StoreSettings
+    from trainer.runs import run_exclusive
+
+    settings = StoreSettings()
+    engine = make_engine(settings.db_url)
+    upgrade(engine)
+    try:
+        done = run_exclusive(make_sessionmaker(engine), cfg.method, timedelta(hours=3),
+                             settings.data_dir / "runs", lambda: main(cfg))
+    finally:
+        engine.dispose()
+    if done.outcome == "busy":
+        raise SystemExit("another training run is in progress (it holds the database lease); try later")
+    if done.outcome == "failed":
+        raise SystemExit("training failed (the log above says why; recorded in training_runs)")
+    assert isinstance(done.result, TrainResult)
+    return done.result
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = main(parse_args())
+    cfg = parse_args()
+    result = run_recorded(cfg) if cfg.register else main(cfg)
     print(json.dumps({"version": result.version, "approved": result.approved, "reasons": result.reasons,
                       "path": str(result.adapter_dir), "examples": result.examples,
                       "seconds": round(result.seconds, 1)}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import anyio
 from sqlalchemy.orm import sessionmaker
@@ -17,13 +18,17 @@ from sqlalchemy.orm import sessionmaker
 from adapters.feedback import Rating, RatingResult, write_ratings
 from gateway.interaction_log import InteractionLog
 
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
+
 log = logging.getLogger(__name__)
 
 
 class RatingWriter:
-    def __init__(self, sessions: sessionmaker, interactions: InteractionLog, batch_size: int = 1000,
-                 linger_s: float = 0.002):
+    def __init__(self, sessions: sessionmaker, interactions: InteractionLog,
+                 metrics: GatewayMetrics | None = None, batch_size: int = 1000, linger_s: float = 0.002):
         self.sessions = sessions
+        self.metrics = metrics
         self.interactions = interactions
         self.batch_size = batch_size
         # Under load, waiting a moment for more ratings makes batches larger and each rating
@@ -63,7 +68,10 @@ class RatingWriter:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
+            for (rating, future), result in zip(batch, results, strict=True):
+                if result.stored and self.metrics is not None:
+                    self.metrics.feedback.labels("up" if rating.rating > 0 else "down",
+                                                 result.adapter_version or "", result.arm).inc()
                 if not future.done():  # the client may have hung up; the rating is stored anyway
                     future.set_result(result)
 

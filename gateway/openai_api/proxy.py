@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.responses import Response, StreamingResponse
@@ -23,6 +23,9 @@ from adapters.errors import NoHealthyUpstream, UpstreamTimeout
 from adapters.fleet import Fleet, Replica
 from gateway.interaction_log import InteractionLog, Record
 from gateway.routing import Route
+
+if TYPE_CHECKING:
+    from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +40,11 @@ UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions
 
 
 class Forwarder:
-    def __init__(self, fleet: Fleet, client: httpx.AsyncClient, log: InteractionLog):
+    def __init__(self, fleet: Fleet, client: httpx.AsyncClient, log: InteractionLog, metrics: GatewayMetrics):
         self.fleet = fleet
         self.client = client
         self.log = log
+        self.metrics = metrics
 
     async def forward(self, kind: str, body: dict[str, Any], route: Route, record: Record) -> Response:
         body["model"] = route.upstream_model
@@ -60,10 +64,12 @@ class Forwarder:
                     response = await self._try(replica, kind, content, headers, route, stream, served, record)
                 except UNREACHABLE as exc:
                     self.fleet.mark_down(replica, exc)
+                    self.metrics.failovers.labels(replica.url, "unreachable").inc()
                     break
                 except BROKEN as exc:
                     if attempt == 2:
                         self.fleet.mark_down(replica, exc)
+                        self.metrics.failovers.labels(replica.url, "broken").inc()
                     continue
                 except httpx.PoolTimeout:
                     break  # our own connection pool is full for this replica: try another
@@ -92,6 +98,7 @@ class Forwarder:
             if upstream.status_code in FAILOVER_STATUSES:
                 await upstream.aclose()
                 self.fleet.mark_down(replica, f"status {upstream.status_code}")
+                self.metrics.failovers.labels(replica.url, "status").inc()
                 return None
             out_headers = {**served, "content-type": upstream.headers.get("content-type", "application/json")}
             if not stream or upstream.status_code != 200:
@@ -102,6 +109,8 @@ class Forwarder:
                 return Response(data, upstream.status_code, out_headers)
             chunks = upstream.aiter_raw()
             first = await anext(chunks, b"")  # before committing to this replica
+            self.metrics.ttft.labels(route.alias or "", route.adapter or "", route.arm) \
+                .observe(time.perf_counter() - record.started)
             handed_over = True
             return StreamingResponse(self._relay(first, chunks, upstream, replica, record),
                                      upstream.status_code, out_headers)

@@ -28,6 +28,8 @@ async def _complete(kind: str, request: Request) -> Response:
     state.log.admit()
     body = parse_completion_request(await read_body(request, state.settings.max_body_bytes), kind)
     route = await state.router.resolve(body["model"])
+    # the metrics middleware labels the request with its route
+    request.scope.setdefault("state", {})["route_labels"] = (route.alias or "", route.adapter or "", route.arm)
     headers = request.headers
     record = Record(
         id="", key_id=caller.key_id, tenant=caller.tenant,
