@@ -7,7 +7,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -114,4 +114,4 @@ def _words(prompts: list[Any]) -> Counter[str]:
 
 def _aware(moment: Any) -> Any:
     """SQLite returns naive datetimes for timezone-aware columns; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from adapters.db import make_engine, make_sessionmaker, upgrade
-from adapters.schema import Feedback, TrainingRun
+from adapters.schema import Feedback, Lease, TrainingRun, utcnow
 from adapters.settings import StoreSettings
 from trainer.runs import LEASE, run_exclusive
 
@@ -42,8 +42,12 @@ class SchedulerSettings(StoreSettings):
 
 
 def new_ratings_since_last_run(sessions: sessionmaker) -> int:
+    """Ratings since the last run that used them: one that finished with a verdict, or one in
+    progress. A run still marked running while nobody holds the lease was killed: it used nothing."""
     with sessions() as session:
-        last = session.scalar(select(func.max(TrainingRun.started_at)).where(TrainingRun.outcome != "failed"))
+        live = session.scalar(select(Lease.name).where(Lease.name == LEASE, Lease.expires_at > utcnow()))
+        used = TrainingRun.outcome.in_(["approved", "rejected", "running"] if live else ["approved", "rejected"])
+        last = session.scalar(select(func.max(TrainingRun.started_at)).where(used))
         query = select(func.count()).select_from(Feedback)
         if last is not None:
             query = query.where(Feedback.updated_at > last)

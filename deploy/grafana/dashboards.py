@@ -68,6 +68,8 @@ OVERVIEW = [
                ("sum by (instance) (vllm:num_requests_waiting)", "{{instance}} waiting")]),
         Panel("vLLM generated tokens per second",
               [("sum by (instance) (rate(vllm:generation_tokens_total[5m]))", "{{instance}}")]),
+        Panel("vLLM KV cache usage", [("max by (instance) (vllm:kv_cache_usage_perc)", "{{instance}}")],
+              "percentunit"),
     ]),
     Row("Interaction log", [
         Panel("Queue depth", [("max by (instance) (loraloop_interaction_log_queue_depth)", "{{instance}}")]),
@@ -97,7 +99,8 @@ ADAPTERS = [
     ]),
     Row("Registry", [
         Panel("Adapter versions by state", [("max by (state) (loraloop_adapter_versions)", "{{state}}")]),
-        Panel("Adapters loaded per replica", [("max by (upstream) (loraloop_upstream_adapters_loaded)", "{{upstream}}")]),
+        Panel("Adapters loaded per replica",
+              [("max by (upstream) (loraloop_upstream_adapters_loaded)", "{{upstream}}")]),
     ]),
 ]
 
@@ -121,9 +124,11 @@ TRAINING = [
         Panel("Last judged version passed", [("max(loraloop_gate_last_passed)", "passed")], kind="stat"),
     ]),
     Row("Data", [
-        Panel("Ratings per second, up vs down", [("sum by (rating) (rate(loraloop_feedback_total[5m]))", "{{rating}}")]),
+        Panel("Ratings per second, up vs down",
+              [("sum by (rating) (rate(loraloop_feedback_total[5m]))", "{{rating}}")]),
         Panel("Interactions logged per second", [("sum(rate(loraloop_interaction_log_written_total[5m]))", "logged")]),
-        Panel("Prompt drift from the champion's training data", [("max by (alias) (loraloop_prompt_drift)", "{{alias}}")],
+        Panel("Prompt drift from the champion's training data",
+              [("max by (alias) (loraloop_prompt_drift)", "{{alias}}")],
               description="Jensen-Shannon divergence of word frequencies, 0 (same) .. 1 (disjoint)."),
     ]),
 ]

@@ -16,6 +16,13 @@ PIP=".venv/bin/python -m pip"
 $PIP install --quiet "torch==2.13.0"
 $PIP install --quiet -e ".[cpu,dev]"
 $PIP uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
+# Prometheus (Debian's package) for monitoring; the test suite runs promtool and a real
+# Prometheus. Installed when missing and we may (root with apt); otherwise those tests skip.
+if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+    || echo "install.sh: could not install prometheus; its tests will skip" >&2
+fi
 .venv/bin/python -c "import vllm, peft, trl, fastapi, openai, gateway, trainer, adapters" 2>/dev/null \
   || { echo "install.sh: the environment does not import; see the pip output above" >&2; exit 1; }
 echo "loraloop installed in .venv"

@@ -107,3 +107,40 @@ def test_the_schedule_is_stored_in_the_database(db_url: str, tmp_path: Path, tri
     again.start(paused=True)
     assert [j.id for j in again.get_jobs()] == ["loraloop-train"]
     again.shutdown()
+
+
+def test_the_next_run_cleans_up_after_a_killed_one(db_url: str, tmp_path: Path) -> None:
+    """kill -9 mid-run leaves a `running` row, an expiring lease and a scratch folder; the
+    next run to take the lease marks the row failed and removes the folder."""
+    store, settings = Store(db_url), settings_for(db_url, tmp_path)
+    add_ratings(store, 3)
+    with store.sessions.begin() as session:
+        session.add(TrainingRun(method="dpo", outcome="running"))
+    assert leases.acquire(store.sessions, LEASE, "dead-host:1", timedelta(seconds=1))
+    leftover = tmp_path / "runs" / "dpo-k1ll3d"
+    (leftover / "checkpoint-10").mkdir(parents=True)
+    kept = tmp_path / "runs" / "dpo-done-x"  # a `--no-register` run's output, kept on purpose
+    kept.mkdir()
+    time.sleep(1.2)
+    assert run_once(settings, approved) == "approved"
+    killed, new = runs(store)
+    assert (killed.outcome, new.outcome) == ("failed", "approved")
+    assert killed.detail is not None and "died" in killed.detail and killed.finished_at is not None
+    assert not leftover.exists() and kept.exists()
+
+
+def test_one_shot_runs_are_recorded_too(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.train as train_module
+
+    store = Store(db_url)
+    monkeypatch.setenv("LORALOOP_DATABASE_URL", db_url)
+    monkeypatch.setenv("LORALOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(train_module, "main", lambda cfg: train_module.TrainResult(
+        tmp_path, "kto-abc", 12, 1.0, [], False, ["win rate 0.20 < 0.35"]))
+    result = train_module.run_recorded(train_module.TrainConfig(method="kto"))
+    assert result.version == "kto-abc"
+    (run,) = runs(store)
+    assert (run.method, run.outcome, run.version, run.detail) == ("kto", "rejected", "kto-abc", "win rate 0.20 < 0.35")
+    assert leases.acquire(store.sessions, LEASE, "someone-else:1", timedelta(hours=1))  # released
+    with pytest.raises(SystemExit, match="another training run"):
+        train_module.run_recorded(train_module.TrainConfig(method="kto"))
