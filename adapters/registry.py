@@ -1,20 +1,24 @@
 """The adapter registry: versions, their lifecycle state, and aliases.
 
-Every state change goes through `transition`, which checks it against `TRANSITIONS`.
+Every state change goes through `transition`, which checks it against `TRANSITIONS` and
+writes the audit trail (`adapter_events`: who, when, why, with what numbers). Rows are
+locked (SELECT ... FOR UPDATE on PostgreSQL; SQLite serialises writers) so two gateway
+replicas, or a replica and the trainer, cannot both move the same version or alias.
+Experiments (canary vs champion) live in adapters/experiments.py, on top of this.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from adapters import store
 from adapters.errors import AdapterNotFound, InvalidAdapter, InvalidTransition
-from adapters.schema import AdapterState, AdapterVersion, Alias
+from adapters.schema import AdapterEvent, AdapterState, AdapterVersion, Alias, Experiment, utcnow
 
 S = AdapterState
 TRANSITIONS: dict[AdapterState, set[AdapterState]] = {
@@ -29,11 +33,21 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
+class Split:
+    """A running experiment, as routing needs it."""
+
+    experiment: int
+    canary: str
+    share: float
+
+
+@dataclass(frozen=True)
 class RoutingSnapshot:
-    """What the gateway needs to route: servable versions and alias champions."""
+    """What the gateway needs to route: servable versions, alias champions, running splits."""
 
     versions: dict[str, str]  # version name -> artifact path
     aliases: dict[str, str | None]  # alias -> champion version name
+    splits: dict[str, Split] = field(default_factory=dict)  # alias -> its running experiment
 
 
 def register(session: Session, src: Path, store_root: Path, base_model: str, *,
@@ -55,7 +69,8 @@ def register(session: Session, src: Path, store_root: Path, base_model: str, *,
     return version
 
 
-def transition(session: Session, name: str, new: AdapterState) -> AdapterVersion:
+def transition(session: Session, name: str, new: AdapterState, *, actor: str = "system", reason: str = "",
+               alias: str | None = None, numbers: dict | None = None) -> AdapterVersion:
     """The one place an adapter version changes state. Row-locked against concurrent movers."""
     version = session.execute(
         select(AdapterVersion).where(AdapterVersion.name == name).with_for_update()
@@ -64,27 +79,63 @@ def transition(session: Session, name: str, new: AdapterState) -> AdapterVersion
         raise AdapterNotFound(f"adapter version {name!r} does not exist")
     if new not in TRANSITIONS[version.state]:
         raise InvalidTransition(f"{name} cannot go from {version.state.value} to {new.value}")
+    audit(session, "transition", actor, reason, version=name, alias=alias, numbers=numbers,
+          from_state=version.state.value, to_state=new.value)
     version.state = new
     session.flush()
     return version
 
 
-def set_champion(session: Session, alias: str, name: str) -> None:
-    """Points `alias` at version `name`, retiring the alias's previous champion."""
+def audit(session: Session, action: str, actor: str, reason: str = "", *, version: str | None = None,
+          alias: str | None = None, numbers: dict | None = None, from_state: str | None = None,
+          to_state: str | None = None) -> None:
+    session.add(AdapterEvent(action=action, actor=actor, reason=reason or None, version=version, alias=alias,
+                             numbers=numbers, from_state=from_state, to_state=to_state))
+
+
+def lock_alias(session: Session, alias: str, create: bool = False) -> Alias:
+    """The alias row, locked for this transaction. Call it first: the touch is a write, so
+    SQLite takes its write lock here rather than failing a later upgrade from a stale read."""
     if not NAME_RE.match(alias):
         raise InvalidAdapter(f"alias {alias!r} must match {NAME_RE.pattern}")
+    session.execute(update(Alias).where(Alias.name == alias).values(updated_at=utcnow()))
     row = session.execute(select(Alias).where(Alias.name == alias).with_for_update()).scalar_one_or_none()
     if row is None:
+        if not create:
+            raise AdapterNotFound(f"alias {alias!r} does not exist")
         row = Alias(name=alias)
         session.add(row)
+        session.flush()
+    return row
+
+
+def set_champion(session: Session, alias: str, name: str, *, actor: str = "system", reason: str = "",
+                 numbers: dict | None = None) -> None:
+    """Points `alias` at version `name`, retiring the alias's previous champion (which
+    `rollback_champion` can bring back)."""
+    row = lock_alias(session, alias, create=True)
     previous = row.champion
     if previous == name:
         return
-    transition(session, name, S.champion)
+    transition(session, name, S.champion, actor=actor, reason=reason, alias=alias, numbers=numbers)
     if previous is not None and not _champion_elsewhere(session, previous, alias):
-        transition(session, previous, S.retired)
-    row.champion = name
+        transition(session, previous, S.retired, actor=actor, reason=f"replaced by {name}", alias=alias)
+    row.champion, row.previous_champion = name, previous
     session.flush()
+
+
+def rollback_champion(session: Session, alias: str, *, actor: str, reason: str = "") -> str:
+    """Puts the alias's previous champion back; the current one retires. Returns the name."""
+    row = lock_alias(session, alias)
+    current, previous = row.champion, row.previous_champion
+    if previous is None or current is None:
+        raise InvalidTransition(f"alias {alias!r} has no previous champion to roll back to")
+    transition(session, previous, S.champion, actor=actor, reason=reason or f"rollback from {current}", alias=alias)
+    if not _champion_elsewhere(session, current, alias):
+        transition(session, current, S.retired, actor=actor, reason=reason or "rolled back", alias=alias)
+    row.champion, row.previous_champion = previous, None
+    session.flush()
+    return previous
 
 
 def _champion_elsewhere(session: Session, name: str, alias: str) -> bool:
@@ -96,7 +147,9 @@ def _champion_elsewhere(session: Session, name: str, alias: str) -> bool:
 def snapshot(session: Session) -> RoutingSnapshot:
     versions = {v.name: v.path for v in session.scalars(select(AdapterVersion)) if v.state.servable}
     aliases = {a.name: a.champion for a in session.scalars(select(Alias))}
-    return RoutingSnapshot(versions=versions, aliases=aliases)
+    splits = {e.alias: Split(e.id, e.canary, e.canary_share)
+              for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}
+    return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits)
 
 
 def list_versions(session: Session) -> list[AdapterVersion]:

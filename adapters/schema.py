@@ -94,8 +94,47 @@ class Alias(Base):
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     champion: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"), nullable=True)
+    # the champion before this one: where `rollback` goes
+    previous_champion: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
+
+
+class Experiment(Base):
+    """An A/B test on an alias: a share of its users get the canary instead of the champion
+    until the sequential test (adapters/sequential.py), a guardrail or an operator decides."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    alias: Mapped[str] = mapped_column(ForeignKey("aliases.name"), index=True)
+    champion: Mapped[str] = mapped_column(ForeignKey("adapter_versions.name"))
+    canary: Mapped[str] = mapped_column(ForeignKey("adapter_versions.name"))
+    canary_share: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))  # running | paused | promoted | rolled_back
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    max_hours: Mapped[float] = mapped_column(Float)
+    decided_by: Mapped[str | None] = mapped_column(String(128), nullable=True)  # "auto" or an operator
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stats: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the last evaluation's numbers
+
+
+class AdapterEvent(Base):
+    """The audit trail: every state change and operator action, who did it, why, with what numbers."""
+
+    __tablename__ = "adapter_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32))  # transition | experiment_start | pause | resume | ...
+    version: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    alias: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    from_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    to_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    numbers: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class Interaction(Base):

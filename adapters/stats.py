@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapters.schema import AdapterState, AdapterVersion, Alias, Feedback, Interaction, TrainingRun, utcnow
+from adapters.schema import AdapterState, AdapterVersion, Alias, Experiment, Feedback, Interaction, TrainingRun, utcnow
 
 WORD = re.compile(r"\w+")
 
@@ -29,6 +29,8 @@ class StatsSnapshot:
     gate_passed: float = 0.0
     versions_by_state: dict[str, int] = field(default_factory=dict)
     prompt_drift: dict[str, float] = field(default_factory=dict)  # alias -> divergence
+    experiments: dict[str, dict] = field(default_factory=dict)  # alias -> its open experiment's figures
+    experiment_outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (outcome, by) -> n
 
 
 def read_stats(session: Session, drift_window: timedelta, drift_sample: int = 2000) -> StatsSnapshot:
@@ -61,6 +63,15 @@ def read_stats(session: Session, drift_window: timedelta, drift_sample: int = 20
     s.versions_by_state = {state.value: 0 for state in AdapterState}
     for state, n in session.execute(select(AdapterVersion.state, func.count()).group_by(AdapterVersion.state)):
         s.versions_by_state[AdapterState(state).value] = n
+
+    s.experiment_outcomes = {(o, by): 0 for o in ("promoted", "rolled_back") for by in ("auto", "operator")}
+    for e in session.scalars(select(Experiment)):
+        if e.status in ("running", "paused"):
+            s.experiments[e.alias] = {"running": float(e.status == "running"), "share": e.canary_share,
+                                      **(e.stats or {})}
+        elif e.status in ("promoted", "rolled_back"):
+            key = (e.status, "auto" if e.decided_by == "auto" else "operator")
+            s.experiment_outcomes[key] += 1
 
     for alias, champion_created in session.execute(
             select(Alias.name, AdapterVersion.created_at).join(AdapterVersion, Alias.champion == AdapterVersion.name)):

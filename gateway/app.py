@@ -5,6 +5,8 @@ replica health probes and registry refreshes."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -15,7 +17,9 @@ from fastapi import FastAPI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import JSONResponse, Response
 
+from adapters import leases
 from adapters.db import make_engine, make_sessionmaker, upgrade
+from adapters.experiments import judge_all
 from adapters.fleet import Fleet
 from adapters.stats import read_stats
 from gateway.admin.router import router as admin_router
@@ -66,6 +70,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
                 tasks.start_soon(_every, settings.health_interval_s, lambda: _probe(state))
                 tasks.start_soon(_every, settings.registry_refresh_s, router.refresh)
                 tasks.start_soon(_every, settings.stats_refresh_s, lambda: _refresh_stats(state))
+                tasks.start_soon(_every, settings.experiments.check_interval_s, lambda: _judge_experiments(state))
                 tasks.start_soon(log.run)
                 tasks.start_soon(state.ratings.run)
                 yield
@@ -112,6 +117,34 @@ def _adopt_base_model(state: GatewayState) -> None:
 async def _probe(state: GatewayState) -> None:
     await state.fleet.probe_all()
     _adopt_base_model(state)
+    # A restarted or new replica gets the champions and canaries before their traffic does
+    # (requests would load them on demand too, but then the first user waits for it).
+    for replica in state.fleet.replicas:
+        for name, path in state.router.live_versions().items():
+            if replica.healthy and name not in replica.loaded:
+                try:
+                    await state.fleet.ensure_loaded(replica, name, path)
+                except Exception as exc:  # the request path retries and reports it
+                    log.warning("could not preload %s on %s: %r", name, replica.url, exc)
+
+
+async def _judge_experiments(state: GatewayState) -> None:
+    """One gateway replica at a time (a lease) judges the running experiments and acts."""
+    holder = f"{socket.gethostname()}:{os.getpid()}:{id(state)}"
+    ttl = timedelta(seconds=max(30.0, 3 * state.settings.experiments.check_interval_s))
+
+    def judge() -> None:
+        if not leases.acquire(state.sessions, "experiments", holder, ttl):
+            return
+        try:
+            for alias, decision, why in judge_all(state.sessions, state.settings.experiments.policy()):
+                if decision != "continue":
+                    log.warning("experiment on %s: %s (%s)", alias, decision, why)
+        finally:
+            leases.release(state.sessions, "experiments", holder)
+
+    await anyio.to_thread.run_sync(judge)
+    await state.router.refresh()
 
 
 async def _refresh_stats(state: GatewayState) -> None:

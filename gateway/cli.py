@@ -26,7 +26,7 @@ from adapters import registry
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.errors import LoraloopError
 from adapters.schema import AdapterState, Scope
-from gateway import auth
+from gateway import auth, rollout_cli
 from gateway.settings import DEMO_MODEL_NAME, Settings
 
 log = logging.getLogger("loraloop")
@@ -103,12 +103,15 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
     sessions = sessions_for(settings)
     with sessions.begin() as session:
-        if args.action == "add":
+        if args.action not in ("add", "list"):
+            rollout_cli.print_json(rollout_cli.adapters(session, settings, args))
+        elif args.action == "add":
             version = registry.register(
                 session, Path(args.path), settings.adapter_store, settings.base_model or DEMO_MODEL_NAME,
                 prefix=args.prefix, max_rank=settings.engine.max_lora_rank, state=AdapterState.approved)
             if args.alias:
-                registry.set_champion(session, args.alias, version.name)
+                registry.set_champion(session, args.alias, version.name, actor=rollout_cli.actor(),
+                                      reason="adapters add --approve --alias")
             print(json.dumps({"name": version.name, "state": version.state.value, "path": version.path}))
         else:
             for v in registry.list_versions(session):
@@ -117,7 +120,7 @@ def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_aliases(settings: Settings, args: argparse.Namespace) -> None:
     with sessions_for(settings).begin() as session:
-        registry.set_champion(session, args.alias, args.version)
+        registry.set_champion(session, args.alias, args.version, actor=rollout_cli.actor(), reason="aliases set")
     print(json.dumps({"alias": args.alias, "champion": args.version}))
 
 
@@ -150,6 +153,8 @@ def parser() -> argparse.ArgumentParser:
                           "evaluated elsewhere); default: the gate decides")
     add.add_argument("--alias", help="also make it this alias's champion (if approved)")
     ad_sub.add_parser("list")
+    rollout_cli.add_adapter_commands(ad_sub)
+    rollout_cli.add_experiment_commands(sub)
     aliases = sub.add_parser("aliases", help="aliases")
     al_sub = aliases.add_subparsers(dest="action", required=True)
     set_ = al_sub.add_parser("set")
@@ -195,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
             cmd_adapters(settings, args)
         elif args.command == "aliases":
             cmd_aliases(settings, args)
+        elif args.command == "experiments":
+            with sessions_for(settings).begin() as session:
+                rollout_cli.print_json(rollout_cli.experiments_cmd(session, settings, args))
         elif args.command == "db":
             sessions_for(settings)
     except LoraloopError as exc:

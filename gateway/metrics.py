@@ -191,6 +191,38 @@ class _DatabaseCollector(Collector):
         for alias, value in sorted(s.prompt_drift.items()):
             drift.add_metric([alias], value)
         yield drift
+        yield from _experiment_metrics(s)
+
+
+def _experiment_metrics(s: StatsSnapshot) -> Iterable[Metric]:
+    """The open experiment of each alias, as of its last judgement (adapters/experiments.py)."""
+    def gauge(name: str, doc: str, labels: tuple[str, ...] = ("alias",)) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc, labels=list(labels))
+
+    running = gauge("loraloop_experiment_running", "1 while the alias's experiment runs, 0 while paused.")
+    share = gauge("loraloop_experiment_canary_share", "Share of the alias's users sent to the canary.")
+    statistic = gauge("loraloop_experiment_log_lambda",
+                      "The sequential test's statistic (log mixture likelihood ratio); decides at the threshold.")
+    threshold = gauge("loraloop_experiment_threshold", "log(1/alpha): the statistic's decision level.")
+    difference = gauge("loraloop_experiment_difference", "Canary thumbs-up rate minus the champion's.")
+    ratings = gauge("loraloop_experiment_ratings", "Ratings per arm since the experiment started.", ("alias", "arm"))
+    rate = gauge("loraloop_experiment_thumbs_up_rate", "Thumbs-up rate per arm since the start.", ("alias", "arm"))
+    for alias, e in sorted(s.experiments.items()):
+        running.add_metric([alias], e["running"])
+        share.add_metric([alias], e["share"])
+        if "log_lambda" in e:  # judged at least once
+            statistic.add_metric([alias], e["log_lambda"])
+            threshold.add_metric([alias], e["threshold"])
+            difference.add_metric([alias], e["difference"])
+            for arm, n in e["arms"].items():
+                ratings.add_metric([alias, arm], n["ratings"])
+                rate.add_metric([alias, arm], n["up"] / n["ratings"] if n["ratings"] else 0.0)
+    yield from (running, share, statistic, threshold, difference, ratings, rate)
+    ended = CounterMetricFamily("loraloop_experiments_ended", "Experiments decided, by outcome and by whom.",
+                                labels=["outcome", "decided_by"])
+    for (outcome, by), n in sorted(s.experiment_outcomes.items()):
+        ended.add_metric([outcome, by], n)
+    yield ended
 
 
 def _histogram(name: str, documentation: str, values: list[float], buckets: tuple[float, ...]) -> Metric:

@@ -4,6 +4,10 @@
     an adapter version's name  -> that version, pinned              (arm "pinned")
     an alias                   -> its champion; the base model while it has none
                                                                     (arm "champion")
+    an alias in an experiment  -> canary_share of its users (by a hash of the user id, so
+                                  a user keeps their arm) get the canary (arm "canary"),
+                                  the rest the champion; requests without a user id are
+                                  assigned at random
 
 The table is a snapshot of the registry, refreshed in the background and once more on a
 miss, so a version registered a moment ago is routable at once.
@@ -11,7 +15,9 @@ miss, so a version registered a moment ago is routable at once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 import time
 from dataclasses import dataclass
 
@@ -49,31 +55,49 @@ class Router:
         self.table = await anyio.to_thread.run_sync(self._load)
         self._loaded_at = time.monotonic()
 
-    async def resolve(self, model: str) -> Route:
-        route = self._lookup(model)
+    async def resolve(self, model: str, user: str = "") -> Route:
+        route = self._lookup(model, user)
         if route is None and time.monotonic() - self._loaded_at > self.miss_refresh_s:
             await self.refresh()
-            route = self._lookup(model)
+            route = self._lookup(model, user)
         if route is None:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
         return route
 
-    def _lookup(self, model: str) -> Route | None:
+    def _lookup(self, model: str, user: str) -> Route | None:
         if model == self.base_model:
             return Route(self.base_model, None, None, None, "base")
         path = self.table.versions.get(model)
         if path is not None:
             return Route(model, model, path, None, "pinned")
         if model in self.table.aliases:
+            split = self.table.splits.get(model)
+            if split is not None and split.canary in self.table.versions and in_canary(split, user):
+                return Route(split.canary, split.canary, self.table.versions[split.canary], model, "canary")
             champion = self.table.aliases[model]
             if champion is None or champion not in self.table.versions:
                 return Route(self.base_model, None, None, model, "champion")
             return Route(champion, champion, self.table.versions[champion], model, "champion")
         return None
 
+    def live_versions(self) -> dict[str, str]:
+        """Versions that aliases send users to (champions and running canaries) -> path: what
+        every replica should hold before traffic for them arrives."""
+        t = self.table
+        names = {c for c in t.aliases.values() if c} | {s.canary for s in t.splits.values()}
+        return {n: t.versions[n] for n in names if n in t.versions}
+
     def model_ids(self) -> list[tuple[str, str]]:
         """(id, kind) of everything apps may name in `model`."""
         return ([(self.base_model, "base")]
                 + [(name, "adapter") for name in sorted(self.table.versions)]
                 + [(alias, "alias") for alias in sorted(self.table.aliases)])
+
+
+def in_canary(split: registry.Split, user: str) -> bool:
+    """Sticky: the same user in the same experiment always lands on the same arm."""
+    if not user:
+        return random.random() < split.share
+    digest = hashlib.blake2b(f"{split.experiment}:{user}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest) / 2**64 < split.share

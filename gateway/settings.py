@@ -10,7 +10,7 @@ from pydantic_settings import NoDecode
 
 from adapters.settings import DEMO_MODEL_NAME, StoreSettings
 
-__all__ = ["DEMO_MODEL_NAME", "EngineSettings", "Settings"]
+__all__ = ["DEMO_MODEL_NAME", "EngineSettings", "ExperimentSettings", "Settings"]
 
 
 
@@ -25,6 +25,29 @@ class EngineSettings(BaseModel):
     dtype: str = Field("auto", description="vLLM --dtype; float32 gives exact HF parity on CPU.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")
     startup_timeout_s: float = Field(300, description="How long vLLM may take to become healthy.")
+
+
+class ExperimentSettings(BaseModel):
+    """How A/B experiments are judged (adapters/experiments.py)."""
+
+    check_interval_s: float = Field(10.0, description="How often running experiments are judged.")
+    alpha: float = Field(0.05, description="Chance of a decision when the canary is no different.")
+    tau: float = Field(0.1, description="Thumbs-up rate difference the test is tuned to detect.")
+    min_ratings: int = Field(30, description="Ratings per arm before the test may decide.")
+    default_share: float = Field(0.1, description="Canary share of users when none is given.")
+    default_max_hours: float = Field(72.0, description="An experiment undecided this long rolls back.")
+    guardrail_min_requests: int = Field(50, description="Requests per arm before guardrails apply.")
+    max_error_rate_increase: float = Field(0.02, description="Rollback: canary error rate over the champion's + this.")
+    max_latency_ratio: float = Field(2.0, description="Rollback: canary mean latency over the champion's times this.")
+    min_coverage_ratio: float = Field(0.5, description="Rollback: canary rated less often than this x the champion.")
+
+    def policy(self):  # type: ignore[no-untyped-def]
+        from adapters.experiments import Policy
+
+        return Policy(alpha=self.alpha, tau=self.tau, min_ratings=self.min_ratings,
+                      guardrail_min_requests=self.guardrail_min_requests,
+                      max_error_rate_increase=self.max_error_rate_increase,
+                      max_latency_ratio=self.max_latency_ratio, min_coverage_ratio=self.min_coverage_ratio)
 
 
 class Settings(StoreSettings):
@@ -58,6 +81,7 @@ class Settings(StoreSettings):
     drift_window_minutes: float = Field(60.0, description="Recent prompts compared for prompt drift.")
 
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    experiments: ExperimentSettings = Field(default_factory=ExperimentSettings)
 
     @field_validator("upstreams", mode="before")
     @classmethod

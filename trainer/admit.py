@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         version = registry.transition(session, name, AdapterState.approved if report.passed else AdapterState.rejected)
         version.eval_report = json.loads(report.to_json())
         if report.passed and args.alias:
-            registry.set_champion(session, args.alias, name)
+            registry.set_champion(session, args.alias, name, actor="adapters add", reason="passed the gate")
         final = version.state.value
     engine.dispose()
     print(json.dumps({"name": name, "state": final, "reasons": report.reasons, "metrics": report.metrics}))

@@ -97,6 +97,21 @@ ADAPTERS = [
                 " or sum by (arm) (loraloop:completion_requests:rate5m) * 0)"
                 " / sum by (arm) (loraloop:completion_requests:rate5m)", "{{arm}}")], "percentunit"),
     ]),
+    Row("Experiments", [
+        Panel("Sequential test: statistic and decision level",
+              [("max by (alias) (loraloop_experiment_log_lambda)", "{{alias}} statistic"),
+               ("max by (alias) (loraloop_experiment_threshold)", "{{alias}} decides here")],
+              description="mSPRT log likelihood ratio (adapters/sequential.py); at the level, the canary is "
+                          "promoted (it is better) or rolled back (worse)."),
+        Panel("Thumbs-up rate per arm since the start",
+              [("max by (alias, arm) (loraloop_experiment_thumbs_up_rate)", "{{alias}} {{arm}}")], "percentunit"),
+        Panel("Ratings per arm since the start",
+              [("max by (alias, arm) (loraloop_experiment_ratings)", "{{alias}} {{arm}}")]),
+        Panel("Canary share of users", [("max by (alias) (loraloop_experiment_canary_share)", "{{alias}}")],
+              "percentunit"),
+        Panel("Experiments decided",
+              [("max by (outcome, decided_by) (loraloop_experiments_ended_total)", "{{outcome}} by {{decided_by}}")]),
+    ]),
     Row("Registry", [
         Panel("Adapter versions by state", [("max by (state) (loraloop_adapter_versions)", "{{state}}")]),
         Panel("Adapters loaded per replica",

@@ -27,13 +27,14 @@ async def _complete(kind: str, request: Request) -> Response:
     caller = await state.auth.authenticate(request.headers.get("authorization"))
     state.log.admit()
     body = parse_completion_request(await read_body(request, state.settings.max_body_bytes), kind)
-    route = await state.router.resolve(body["model"])
+    end_user = body.get("user") or request.headers.get("x-loraloop-user") or ""
+    route = await state.router.resolve(body["model"], end_user)
     # the metrics middleware labels the request with its route
     request.scope.setdefault("state", {})["route_labels"] = (route.alias or "", route.adapter or "", route.arm)
     headers = request.headers
     record = Record(
         id="", key_id=caller.key_id, tenant=caller.tenant,
-        end_user=body.get("user") or headers.get("x-loraloop-user") or "",
+        end_user=end_user,
         requested_model=body["model"], adapter_version=route.adapter, arm=route.arm, kind=kind,
         prompt=(body.get("messages") if kind == "chat" else body.get("prompt")) if caller.log_prompts else None,
         # not an OpenAI field: taken out so vLLM never sees it

@@ -17,14 +17,14 @@ import pytest
 import uvicorn
 import yaml
 
-from adapters import registry
+from adapters import experiments, registry
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.feedback import Rating, write_interactions, write_ratings
 from adapters.schema import AdapterState, Scope, utcnow
 from gateway import auth
 from gateway.app import create_app
 from gateway.engine.supervisor import EngineSupervisor
-from gateway.settings import DEMO_MODEL_NAME, Settings
+from gateway.settings import DEMO_MODEL_NAME, ExperimentSettings, Settings
 from tests.integration.conftest import free_port
 from tests.unit.test_monitoring_config import DEPLOY, load_dashboards
 from trainer.gate import evaluate
@@ -45,7 +45,7 @@ class Finished:
 
 def seed(settings: Settings, demo_model: Path, adapter_dirs: dict[str, Path]) -> str:
     """A deployment with history: rated traffic from two days ago, a gate-judged champion
-    trained since, and recorded training runs."""
+    trained since, recorded training runs, and a canary in an experiment."""
     engine = make_engine(settings.db_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
@@ -67,6 +67,9 @@ def seed(settings: Settings, demo_model: Path, adapter_dirs: dict[str, Path]) ->
         registry.transition(session, version.name, AdapterState.approved)
         registry.set_champion(session, "default", version.name)
         name = version.name
+        canary = registry.register(session, adapter_dirs["casual"], settings.adapter_store, DEMO_MODEL_NAME,
+                                   prefix="casual", state=AdapterState.approved, max_rank=16)
+        experiments.start(session, "default", canary.name, 0.5, 24, actor="test")
     for outcome in (lambda: Finished(name), lambda: 1 / 0):  # one approved run, one that crashed
         run_exclusive(sessions, "dpo", timedelta(hours=1), settings.data_dir / "runs", outcome)
     engine.dispose()
@@ -79,7 +82,8 @@ def monitored(vllm: EngineSupervisor, demo_model: Path, adapter_dirs: dict[str, 
     """(gateway url, app key, prometheus url)."""
     data = tmp_path_factory.mktemp("monitored")
     settings = Settings(data_dir=data, upstreams=[vllm.url], served_model_name=DEMO_MODEL_NAME,
-                        health_interval_s=0.5, stats_refresh_s=1, upstream_timeout_s=60)
+                        health_interval_s=0.5, stats_refresh_s=1, upstream_timeout_s=60,
+                        experiments=ExperimentSettings(check_interval_s=1))
     key = seed(settings, demo_model, adapter_dirs)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
@@ -159,8 +163,8 @@ def test_every_dashboard_panel_and_recording_rule_shows_data(monitored: tuple[st
     targets = httpx.get(f"{prom}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
     assert {t["labels"]["job"]: t["health"] for t in targets} == {"loraloop-gateway": "up", "vllm": "up"}
 
-    # The numbers are the traffic's: 6 rated answers from the champion, 2 of them thumbs down.
-    ratings = query(prom, 'sum by (rating) (loraloop_feedback_total{arm="champion"})')["result"]
+    # The numbers are the traffic's: 6 rated answers from the experiment's arms, 2 of them thumbs down.
+    ratings = query(prom, 'sum by (rating) (loraloop_feedback_total{arm=~"champion|canary"})')["result"]
     assert {r["metric"]["rating"]: float(r["value"][1]) for r in ratings} == {"up": 4.0, "down": 2.0}
     drift = float(query(prom, "loraloop_prompt_drift")["result"][0]["value"][1])
     assert 0 <= drift < 0.2  # recent prompts are the ones the champion's data had

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.db import make_engine, make_sessionmaker
@@ -165,3 +166,30 @@ def test_prompt_drift_compares_recent_prompts_with_the_champions_training_window
     engine.dispose()
     assert similar is not None and moved is not None
     assert similar < 0.15 < 0.5 < moved <= 1.0
+
+
+def test_experiments_are_exported_with_the_sequential_test(gw: Gateway) -> None:
+    from adapters import experiments
+
+    engine = make_engine(gw.settings.db_url)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        experiments.start(session, "default", gw.pinned, 0.5, 24, actor="ops")
+    state = gw.http.app.state.gateway
+    gw.http.portal.call(state.router.refresh)
+    for i in range(40):
+        answer = chat(gw.sdk(), "default", user=f"u{i}").parse()
+        assert rate(gw, id=answer.id, rating="up").status_code == 200
+    experiments.judge_all(sessions, experiments.Policy())
+    engine.dispose()
+    from gateway.app import _refresh_stats
+
+    gw.http.portal.call(_refresh_stats, state)
+    samples = scrape(gw)
+    assert value(samples, "loraloop_experiment_running", alias="default") == 1
+    assert value(samples, "loraloop_experiment_canary_share", alias="default") == 0.5
+    rated = [value(samples, "loraloop_experiment_ratings", alias="default", arm=arm) for arm in ("champion", "canary")]
+    assert sum(rated) == 40 and min(rated) > 0
+    assert value(samples, "loraloop_experiment_thumbs_up_rate", alias="default", arm="canary") == 1.0
+    assert value(samples, "loraloop_experiment_threshold", alias="default") == pytest.approx(2.9957, abs=1e-3)
+    assert value(samples, "loraloop_experiments_ended_total", outcome="promoted", decided_by="auto") == 0

@@ -1,0 +1,202 @@
+"""Experiments: a canary tried against an alias's champion on live traffic, then promoted
+or rolled back, by the evidence or by an operator.
+
+    start -> running <-> paused -> promoted | rolled_back
+
+While running, the gateway sends `canary_share` of the alias's users (sticky by user) to the
+canary. `judge` runs every few seconds (one gateway replica at a time, under a lease): it
+counts each arm's requests, errors, latency and ratings since the start, and
+
+1. rolls back on a guardrail: the canary's error rate or mean latency clearly worse, or its
+   answers rated much less often than the champion's (users who stop rating are a signal);
+2. otherwise promotes or rolls back when the always-valid sequential test on the thumbs-up
+   rates (adapters/sequential.py) reaches its confidence;
+3. otherwise rolls back at `max_hours` (inconclusive: the champion stays).
+
+An operator's promote, rollback, pause or resume overrides it; every action is audited
+(adapter_events) the same way, `actor` being "auto" or the operator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters import registry
+from adapters.errors import InvalidRequest, InvalidTransition, NotFound
+from adapters.schema import AdapterState, Experiment, Feedback, Interaction, utcnow
+from adapters.sequential import Arm, decide
+
+S = AdapterState
+OPEN = ("running", "paused")
+
+
+@dataclass(frozen=True)
+class Policy:
+    alpha: float = 0.05  # chance of any decision when the canary is no different
+    tau: float = 0.1  # size of difference in thumbs-up rate the test is tuned to
+    min_ratings: int = 30  # per arm, before the test may decide
+    guardrail_min_requests: int = 50  # per arm, before a guardrail may fire
+    max_error_rate_increase: float = 0.02  # canary error rate above the champion's by more
+    max_latency_ratio: float = 2.0  # canary mean latency over the champion's
+    min_coverage_ratio: float = 0.5  # canary's share of answers rated, relative to the champion's
+
+
+@dataclass(frozen=True)
+class ArmNumbers:
+    requests: int
+    errors: int
+    mean_latency_ms: float
+    ratings: int
+    up: int
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def coverage(self) -> float:
+        return self.ratings / self.requests if self.requests else 0.0
+
+
+def start(session: Session, alias: str, canary: str, share: float, max_hours: float, *, actor: str,
+          reason: str = "") -> Experiment:
+    if not 0 < share < 1:
+        raise InvalidRequest(f"canary share must be between 0 and 1, got {share}", param="share")
+    row = registry.lock_alias(session, alias)
+    if row.champion is None:
+        raise InvalidTransition(f"alias {alias!r} has no champion to test against; make {canary} its champion")
+    if current(session, alias) is not None:
+        raise InvalidTransition(f"alias {alias!r} already has an experiment; promote or roll it back first")
+    registry.transition(session, canary, S.canary, actor=actor, reason=reason or "experiment started", alias=alias)
+    experiment = Experiment(alias=alias, champion=row.champion, canary=canary, canary_share=share,
+                            status="running", max_hours=max_hours)
+    session.add(experiment)
+    registry.audit(session, "experiment_start", actor, reason, version=canary, alias=alias,
+                   numbers={"canary_share": share, "champion": row.champion, "max_hours": max_hours})
+    session.flush()
+    return experiment
+
+
+def current(session: Session, alias: str) -> Experiment | None:
+    """The alias's running or paused experiment."""
+    return session.scalars(select(Experiment).where(Experiment.alias == alias, Experiment.status.in_(OPEN))).first()
+
+
+def _open(session: Session, alias: str) -> Experiment:
+    registry.lock_alias(session, alias)
+    experiment = current(session, alias)
+    if experiment is None:
+        raise NotFound(f"alias {alias!r} has no experiment running")
+    return experiment
+
+
+def pause(session: Session, alias: str, *, actor: str, reason: str = "") -> Experiment:
+    """Every user gets the champion until `resume`; the numbers so far are kept."""
+    experiment = _open(session, alias)
+    experiment.status = "paused"
+    registry.audit(session, "experiment_pause", actor, reason, version=experiment.canary, alias=alias)
+    return experiment
+
+
+def resume(session: Session, alias: str, *, actor: str, reason: str = "") -> Experiment:
+    experiment = _open(session, alias)
+    experiment.status = "running"
+    registry.audit(session, "experiment_resume", actor, reason, version=experiment.canary, alias=alias)
+    return experiment
+
+
+def promote(session: Session, alias: str, *, actor: str, reason: str = "", numbers: dict | None = None) -> Experiment:
+    """The canary becomes the champion; the old champion retires (and is what rollback restores)."""
+    experiment = _open(session, alias)
+    registry.set_champion(session, alias, experiment.canary, actor=actor, reason=reason or "promoted", numbers=numbers)
+    _end(experiment, "promoted", actor, reason)
+    return experiment
+
+
+def rollback(session: Session, alias: str, *, actor: str, reason: str = "", numbers: dict | None = None) -> str:
+    """Ends the alias's experiment in the champion's favour, or, with none open, puts the
+    previous champion back. Returns the version the alias serves now."""
+    registry.lock_alias(session, alias)
+    experiment = current(session, alias)
+    if experiment is None:
+        return registry.rollback_champion(session, alias, actor=actor, reason=reason)
+    registry.transition(session, experiment.canary, S.retired, actor=actor, reason=reason or "rolled back",
+                        alias=alias, numbers=numbers)
+    _end(experiment, "rolled_back", actor, reason)
+    return experiment.champion
+
+
+def _end(experiment: Experiment, status: str, actor: str, reason: str) -> None:
+    experiment.status, experiment.ended_at = status, utcnow()
+    experiment.decided_by, experiment.reason = actor, reason or None
+
+
+def arm_numbers(session: Session, experiment: Experiment) -> dict[str, ArmNumbers]:
+    """Each arm's traffic and ratings on this alias since the experiment started."""
+    arms = {"champion": experiment.champion, "canary": experiment.canary}
+    served = (Interaction.requested_model == experiment.alias) & (Interaction.created_at >= experiment.started_at)
+    numbers = {}
+    for arm, version in arms.items():
+        mine = served & (Interaction.arm == arm) & (Interaction.adapter_version == version)
+        requests, errors, latency = session.execute(
+            select(func.count(), func.coalesce(func.sum(case((Interaction.status >= 500, 1), else_=0)), 0),
+                   func.coalesce(func.avg(Interaction.latency_ms), 0.0)).where(mine)).one()
+        ratings, up = session.execute(
+            select(func.count(), func.coalesce(func.sum(case((Feedback.rating > 0, 1), else_=0)), 0))
+            .select_from(Feedback).join(Interaction, Feedback.interaction_id == Interaction.id).where(mine)).one()
+        numbers[arm] = ArmNumbers(int(requests), int(errors), float(latency), int(ratings), int(up))
+    return numbers
+
+
+def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy,
+          now: datetime) -> tuple[str, str, dict]:
+    """(decision, why, the numbers behind it); decision is promote | rollback | continue."""
+    champion, canary = numbers["champion"], numbers["canary"]
+    verdict = decide(Arm(champion.up, champion.ratings), Arm(canary.up, canary.ratings),
+                     alpha=policy.alpha, tau=policy.tau, min_ratings=policy.min_ratings)
+    evidence = {"arms": {arm: asdict(n) for arm, n in numbers.items()}, "log_lambda": verdict.log_lambda,
+                "threshold": verdict.threshold, "difference": verdict.difference}
+    if min(champion.requests, canary.requests) >= policy.guardrail_min_requests:
+        if canary.error_rate > champion.error_rate + policy.max_error_rate_increase:
+            return "rollback", f"guardrail: canary error rate {canary.error_rate:.1%} vs {champion.error_rate:.1%}", \
+                evidence
+        if champion.mean_latency_ms and canary.mean_latency_ms > policy.max_latency_ratio * champion.mean_latency_ms:
+            return "rollback", (f"guardrail: canary mean latency {canary.mean_latency_ms:.0f} ms vs "
+                                f"{champion.mean_latency_ms:.0f} ms"), evidence
+        if champion.coverage and canary.coverage < policy.min_coverage_ratio * champion.coverage:
+            return "rollback", (f"guardrail: canary answers rated {canary.coverage:.1%} of the time vs "
+                                f"{champion.coverage:.1%}"), evidence
+    if verdict.decision != "continue":
+        better = "better" if verdict.difference > 0 else "worse"
+        return verdict.decision, (f"sequential test: canary thumbs-up {canary.up}/{canary.ratings} vs "
+                                  f"{champion.up}/{champion.ratings}, {better} at alpha {policy.alpha}"), evidence
+    started = experiment.started_at
+    started = started if started.tzinfo else started.replace(tzinfo=now.tzinfo)  # SQLite gives naive UTC
+    if now - started >= timedelta(hours=experiment.max_hours):
+        return "rollback", f"no decision within {experiment.max_hours:g} h: the champion stays", evidence
+    return "continue", "", evidence
+
+
+def judge_all(sessions: sessionmaker, policy: Policy, now: datetime | None = None) -> list[tuple[str, str, str]]:
+    """Judges every running experiment and acts; returns (alias, decision, why) for each."""
+    with sessions() as session:
+        aliases = list(session.scalars(select(Experiment.alias).where(Experiment.status == "running")))
+    results = []
+    for alias in aliases:
+        with sessions.begin() as session:
+            registry.lock_alias(session, alias)  # first: a concurrent operator action waits or wins
+            experiment = current(session, alias)
+            if experiment is None or experiment.status != "running":
+                continue
+            decision, why, evidence = judge(experiment, arm_numbers(session, experiment), policy, now or utcnow())
+            experiment.stats = evidence
+            if decision == "promote":
+                promote(session, alias, actor="auto", reason=why, numbers=evidence)
+            elif decision == "rollback":
+                rollback(session, alias, actor="auto", reason=why, numbers=evidence)
+            results.append((alias, decision, why))
+    return results
