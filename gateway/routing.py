@@ -46,14 +46,21 @@ class Router:
         self.table = registry.RoutingSnapshot(versions={}, aliases={})
         self.miss_refresh_s = miss_refresh_s
         self._loaded_at = 0.0
+        self._started = self._applied = 0  # refresh tickets
 
     def _load(self) -> registry.RoutingSnapshot:
         with self.sessions() as session:
             return registry.snapshot(session)
 
     async def refresh(self) -> None:
-        self.table = await anyio.to_thread.run_sync(self._load)
-        self._loaded_at = time.monotonic()
+        # Refreshes overlap (the background loop, an admin action, a miss); one that started
+        # earlier but finished later must not put an older table back.
+        self._started += 1
+        ticket = self._started
+        table = await anyio.to_thread.run_sync(self._load)
+        if ticket > self._applied:
+            self.table, self._applied = table, ticket
+            self._loaded_at = time.monotonic()
 
     async def resolve(self, model: str, user: str = "") -> Route:
         route = self._lookup(model, user)

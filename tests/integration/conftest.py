@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,13 @@ def gateway(vllm: EngineSupervisor, adapter_dirs: dict[str, Path],
         registry.set_champion(session, "default", versions["formal"])
     engine.dispose()
 
+    with serve(settings) as url:
+        yield LiveGateway(url, app_key, admin_key, versions, settings)
+
+
+@contextmanager
+def serve(settings: Settings) -> Iterator[str]:
+    """The gateway on a real socket, in this process; yields its URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -100,6 +108,8 @@ def gateway(vllm: EngineSupervisor, adapter_dirs: dict[str, Path],
     while not server.started:
         assert time.monotonic() < deadline, "gateway did not start"
         time.sleep(0.05)
-    yield LiveGateway(f"http://127.0.0.1:{port}", app_key, admin_key, versions, settings)
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 
 from adapters import experiments, registry
@@ -22,10 +21,9 @@ from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.feedback import Rating, write_interactions, write_ratings
 from adapters.schema import AdapterState, Scope, utcnow
 from gateway import auth
-from gateway.app import create_app
 from gateway.engine.supervisor import EngineSupervisor
 from gateway.settings import DEMO_MODEL_NAME, ExperimentSettings, Settings
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, serve
 from tests.unit.test_monitoring_config import DEPLOY, load_dashboards
 from trainer.gate import evaluate
 from trainer.runs import run_exclusive
@@ -85,19 +83,18 @@ def monitored(vllm: EngineSupervisor, demo_model: Path, adapter_dirs: dict[str, 
                         health_interval_s=0.5, stats_refresh_s=1, upstream_timeout_s=60,
                         experiments=ExperimentSettings(check_interval_s=1))
     key = seed(settings, demo_model, adapter_dirs)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.05)
+    with serve(settings) as gateway, running_prometheus(gateway, vllm.url, data) as prom:
+        yield gateway, key, prom
 
+
+@contextmanager
+def running_prometheus(gateway: str, vllm: str, data: Path) -> Iterator[str]:
+    """Debian's Prometheus on loopback with deploy/prometheus's rules; yields its URL."""
     # deploy/prometheus/prometheus.yml as shipped, scraping this gateway and this vLLM every second
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(DEPLOY / "prometheus" / f) for f in config["rule_files"]]
-    targets = {"loraloop-gateway": f"127.0.0.1:{port}", "vllm": vllm.url.removeprefix("http://")}
+    targets = {"loraloop-gateway": gateway.removeprefix("http://"), "vllm": vllm.removeprefix("http://")}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
     (data / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -117,11 +114,10 @@ def monitored(vllm: EngineSupervisor, demo_model: Path, adapter_dirs: dict[str, 
                 pass
             assert prometheus.poll() is None and time.monotonic() < deadline, (data / "prometheus.log").read_text()
             time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}", key, prom
+        yield prom
     finally:
         prometheus.terminate()
         prometheus.wait(10)
-        server.should_exit = True
 
 
 def traffic(gateway: str, key: str) -> None:
