@@ -218,3 +218,30 @@ def test_admin_api_drives_experiments(gw: Gateway) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
     listed = gw.http.get("/admin/experiments", headers=admin).json()["data"]
     assert [e["status"] for e in listed] == ["promoted"]
+
+
+def test_a_second_gateway_converges_within_its_refresh_interval(gw: Gateway) -> None:
+    """Two gateway replicas on one database: an action taken through one reaches the other's
+    routing within LORALOOP_REGISTRY_REFRESH_S."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+
+    other_settings = gw.settings.model_copy(update={"registry_refresh_s": 0.3})
+    with TestClient(create_app(other_settings, transport=gw.fleet.transport())) as other:
+        def served_by_other() -> str:
+            return other.post("/v1/chat/completions", headers={"authorization": f"Bearer {gw.app_key}"},
+                              json={"model": "default", "messages": [{"role": "user", "content": "hi"}],
+                                    "user": "x"}).headers["x-loraloop-adapter-version"]
+
+        assert served_by_other() == gw.champion
+        admin = {"authorization": f"Bearer {gw.admin_key}"}
+        assert gw.http.post("/admin/experiments", json={"alias": "default", "canary": gw.pinned, "share": 0.5},
+                            headers=admin).status_code == 200
+        assert gw.http.post("/admin/aliases/default/promote", json={}, headers=admin).status_code == 200
+        switched = time.monotonic()
+        while served_by_other() != gw.pinned:
+            assert time.monotonic() - switched < 0.3 + 1.0, "the other gateway did not converge"
+            time.sleep(0.02)
