@@ -93,6 +93,15 @@ def audit(session: Session, action: str, actor: str, reason: str = "", *, versio
                              numbers=numbers, from_state=from_state, to_state=to_state))
 
 
+def human_verdicts(session: Session, name: str) -> dict[str, int]:
+    """Wins, losses and ties of `name` in operators' blind comparisons (trainer/compare.py)."""
+    tally = {"win": 0, "loss": 0, "tie": 0}
+    for numbers in session.scalars(select(AdapterEvent.numbers).where(AdapterEvent.version == name,
+                                                                      AdapterEvent.action == "human_compare")):
+        tally[(numbers or {}).get("outcome", "tie")] += 1
+    return tally
+
+
 def lock_alias(session: Session, alias: str, create: bool = False) -> Alias:
     """The alias row, locked for this transaction. Call it first: the touch is a write, so
     SQLite takes its write lock here rather than failing a later upgrade from a stale read."""

@@ -171,6 +171,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     trainer_commands = {"data": "trainer.data", "train": "trainer.train", "scheduler": "trainer.scheduler"}
+    if argv[:2] == ["adapters", "compare"]:  # generates through the gateway, then records: trainer side
+        os.execv(sys.executable, [sys.executable, "-m", "trainer.compare", *argv[2:]])
     if argv[:2] == ["adapters", "add"] and "--approve" not in argv:
         # Without an operator's explicit approval, an adapter goes through the eval gate,
         # which runs the model: the trainer's job.

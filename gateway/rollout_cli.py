@@ -11,7 +11,7 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapters import experiments
+from adapters import experiments, registry
 from adapters.errors import AdapterNotFound, NotFound
 from adapters.schema import AdapterEvent, AdapterVersion, Experiment, utcnow
 from gateway.admin.router import event_json, experiment_json, version_json
@@ -21,7 +21,8 @@ ALIAS_ACTIONS = ("promote", "rollback", "pause", "resume")
 
 
 def add_adapter_commands(ad_sub: argparse._SubParsersAction) -> None:
-    ad_sub.add_parser("show", help="a version's state, gate report and history").add_argument("name")
+    ad_sub.add_parser("show", help="a version's state, gate report, human verdicts, history").add_argument("name")
+    ad_sub.add_parser("compare", help="judge two versions blind on held-out prompts (see: adapters compare -h)")
     for action in ALIAS_ACTIONS:
         cmd = ad_sub.add_parser(action, help=f"{action} the experiment on ALIAS"
                                 + (" (or, with none, restore its previous champion)" if action == "rollback" else ""))
@@ -54,6 +55,7 @@ def adapters(session: Session, settings: Settings, args: argparse.Namespace) -> 
         events = session.scalars(select(AdapterEvent).where(AdapterEvent.version == args.name)
                                  .order_by(AdapterEvent.id))
         return {**version_json(version), "eval_report": version.eval_report,
+                "human_eval": registry.human_verdicts(session, args.name),
                 "history": [event_json(ev) for ev in events]}
     reason = args.reason or f"operator: {args.action}"
     if args.action == "rollback":

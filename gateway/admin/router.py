@@ -75,7 +75,7 @@ async def show_adapter(name: str, state: State, _: Admin) -> dict:
             raise AdapterNotFound(f"adapter version {name!r} does not exist", param="name")
         events = session.scalars(select(AdapterEvent).where(AdapterEvent.version == name).order_by(AdapterEvent.id))
         return {**version_json(version), "eval_report": version.eval_report, "provenance": version.provenance,
-                "history": [event_json(ev) for ev in events]}
+                "human_eval": registry.human_verdicts(session, name), "history": [event_json(ev) for ev in events]}
 
     return await _in_db(state, load)
 
