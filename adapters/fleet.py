@@ -101,6 +101,17 @@ class Fleet:
             raise AdapterLoadFailed(f"replica {replica.url} refused adapter {name}: "
                                     f"{resp.status_code} {resp.text[:200]}")
 
+    async def unload(self, name: str) -> None:
+        """Frees `name`'s slot on every replica holding it (a retired version)."""
+        for replica in self.replicas:
+            if replica.healthy and name in replica.loaded:
+                resp = await self.client.post(f"{replica.url}/v1/unload_lora_adapter", json={"lora_name": name})
+                if resp.status_code in (200, 404):  # 404: it was gone already
+                    replica.loaded.discard(name)
+                    log.info("unloaded adapter %s from %s", name, replica.url)
+                else:
+                    log.warning("replica %s refused to unload %s: %s", replica.url, name, resp.status_code)
+
     def forget(self, replica: Replica, name: str) -> None:
         """Called when a replica turns out not to hold `name` after all (it restarted)."""
         replica.loaded.discard(name)

@@ -48,6 +48,7 @@ class RoutingSnapshot:
     versions: dict[str, str]  # version name -> artifact path
     aliases: dict[str, str | None]  # alias -> champion version name
     splits: dict[str, Split] = field(default_factory=dict)  # alias -> its running experiment
+    retired: frozenset[str] = frozenset()  # servable only when pinned; unloaded from replicas
 
 
 def register(session: Session, src: Path, store_root: Path, base_model: str, *,
@@ -154,11 +155,13 @@ def _champion_elsewhere(session: Session, name: str, alias: str) -> bool:
 
 
 def snapshot(session: Session) -> RoutingSnapshot:
-    versions = {v.name: v.path for v in session.scalars(select(AdapterVersion)) if v.state.servable}
+    rows = list(session.scalars(select(AdapterVersion)))
+    versions = {v.name: v.path for v in rows if v.state.servable}
+    retired = frozenset(v.name for v in rows if v.state == S.retired)
     aliases = {a.name: a.champion for a in session.scalars(select(Alias))}
     splits = {e.alias: Split(e.id, e.canary, e.canary_share)
               for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}
-    return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits)
+    return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits, retired=retired)
 
 
 def list_versions(session: Session) -> list[AdapterVersion]:

@@ -126,6 +126,10 @@ async def _probe(state: GatewayState) -> None:
                     await state.fleet.ensure_loaded(replica, name, path)
                 except Exception as exc:  # the request path retries and reports it
                     log.warning("could not preload %s on %s: %r", name, replica.url, exc)
+    # A version that just retired gives its slot back (once: a pinned request may load it again).
+    for name in state.router.table.retired - state.unloaded:
+        await state.fleet.unload(name)
+        state.unloaded.add(name)
 
 
 async def _judge_experiments(state: GatewayState) -> None:

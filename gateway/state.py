@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from sqlalchemy import Engine
@@ -31,3 +31,4 @@ class GatewayState:
     log: InteractionLog
     ratings: RatingWriter
     metrics: GatewayMetrics
+    unloaded: set[str] = field(default_factory=set)  # retired versions already unloaded

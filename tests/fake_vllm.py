@@ -25,6 +25,7 @@ class FakeReplica:
     loaded: dict[str, str] = field(default_factory=dict)
     seen: list[dict] = field(default_factory=list)  # bodies of completion requests
     loads: list[str] = field(default_factory=list)
+    unloads: list[str] = field(default_factory=list)
 
     def restart(self) -> None:
         self.loaded.clear()
@@ -52,6 +53,12 @@ class FakeFleet:
                 raise httpx.ReadTimeout("timed out", request=request)
             data = [{"id": BASE, "parent": None}] + [{"id": n, "parent": BASE} for n in replica.loaded]
             return httpx.Response(200, json={"object": "list", "data": data})
+        if path == "/v1/unload_lora_adapter":
+            name = json.loads(request.content)["lora_name"]
+            if replica.loaded.pop(name, None) is None:
+                return httpx.Response(404, json={"error": {"message": f"{name} not found"}})
+            replica.unloads.append(name)
+            return httpx.Response(200, text="ok")
         if path == "/v1/load_lora_adapter":
             body = json.loads(request.content)
             if body["lora_name"] in replica.loaded:

@@ -245,3 +245,29 @@ def test_a_second_gateway_converges_within_its_refresh_interval(gw: Gateway) -> 
         while served_by_other() != gw.pinned:
             assert time.monotonic() - switched < 0.3 + 1.0, "the other gateway did not converge"
             time.sleep(0.02)
+
+
+def test_replicas_hold_what_aliases_serve_and_free_retired_versions(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    """The probe loop loads champions and canaries onto every replica before their traffic
+    (also after a restart) and unloads a version once it retires."""
+    from gateway.app import _probe
+
+    state = gw.http.app.state.gateway
+    replicas = list(gw.fleet.replicas.values())
+    gw.http.portal.call(_probe, state)
+    assert all(set(r.loaded) == {gw.champion} for r in replicas)  # no request needed
+    start(db, gw)
+    gw.http.portal.call(_probe, state)
+    assert all(set(r.loaded) == {gw.champion, gw.pinned} for r in replicas)
+    replicas[0].restart()  # forgets every adapter
+    gw.http.portal.call(_probe, state)
+    assert set(replicas[0].loaded) == {gw.champion, gw.pinned}
+    with db.begin() as session:
+        experiments.promote(session, "default", actor="ops")
+    refresh(gw)
+    gw.http.portal.call(_probe, state)
+    assert all(set(r.loaded) == {gw.pinned} and r.unloads == [gw.champion] for r in replicas)
+    # still servable when pinned: loaded again on demand, and not unloaded again
+    assert chat(gw.sdk(), gw.champion).headers["x-loraloop-adapter-version"] == gw.champion
+    gw.http.portal.call(_probe, state)
+    assert sum(gw.champion in r.loaded for r in replicas) == 1
