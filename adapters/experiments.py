@@ -3,8 +3,11 @@ or rolled back, by the evidence or by an operator.
 
     start -> running <-> paused -> promoted | rolled_back
 
-While running, the gateway sends `canary_share` of the alias's users (sticky by user) to the
-canary. `judge` runs every few seconds (one gateway replica at a time, under a lease): it
+An approved version trained for an alias (its provenance names the alias) starts an
+experiment by itself when the alias has none open (`Policy.auto_start`); operators can start
+one for any approved version. Without a champion yet, the canary is tested against the base
+model. While running, the gateway sends `canary_share` of the alias's users (sticky by user)
+to the canary. `judge` runs every few seconds (one gateway replica at a time, under a lease): it
 counts each arm's requests, errors, latency and ratings since the start, and
 
 1. rolls back on a guardrail: the canary's error rate or mean latency clearly worse, or its
@@ -27,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import registry
 from adapters.errors import InvalidRequest, InvalidTransition, NotFound
-from adapters.schema import AdapterState, Experiment, Feedback, Interaction, utcnow
+from adapters.schema import AdapterState, AdapterVersion, Experiment, Feedback, Interaction, utcnow
 from adapters.sequential import Arm, decide
 
 S = AdapterState
@@ -41,8 +44,12 @@ class Policy:
     min_ratings: int = 30  # per arm, before the test may decide
     guardrail_min_requests: int = 50  # per arm, before a guardrail may fire
     max_error_rate_increase: float = 0.02  # canary error rate above the champion's by more
-    max_latency_ratio: float = 2.0  # canary mean latency over the champion's
+    max_latency_ratio: float = 2.0  # canary mean latency over the champion's times this...
+    min_latency_increase_ms: float = 100.0  # ...and slower by at least this (2 ms vs 5 ms is no regression)
     min_coverage_ratio: float = 0.5  # canary's share of answers rated, relative to the champion's
+    auto_start: bool = True  # approved versions trained for an alias start an experiment by themselves
+    default_share: float = 0.1
+    default_max_hours: float = 72.0
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,7 @@ def start(session: Session, alias: str, canary: str, share: float, max_hours: fl
           reason: str = "") -> Experiment:
     if not 0 < share < 1:
         raise InvalidRequest(f"canary share must be between 0 and 1, got {share}", param="share")
-    row = registry.lock_alias(session, alias)
-    if row.champion is None:
-        raise InvalidTransition(f"alias {alias!r} has no champion to test against; make {canary} its champion")
+    row = registry.lock_alias(session, alias, create=True)
     if current(session, alias) is not None:
         raise InvalidTransition(f"alias {alias!r} already has an experiment; promote or roll it back first")
     registry.transition(session, canary, S.canary, actor=actor, reason=reason or "experiment started", alias=alias)
@@ -141,7 +146,9 @@ def arm_numbers(session: Session, experiment: Experiment) -> dict[str, ArmNumber
     served = (Interaction.requested_model == experiment.alias) & (Interaction.created_at >= experiment.started_at)
     numbers = {}
     for arm, version in arms.items():
-        mine = served & (Interaction.arm == arm) & (Interaction.adapter_version == version)
+        same_version = Interaction.adapter_version.is_(None) if version is None else \
+            Interaction.adapter_version == version
+        mine = served & (Interaction.arm == arm) & same_version
         requests, errors, latency = session.execute(
             select(func.count(), func.coalesce(func.sum(case((Interaction.status >= 500, 1), else_=0)), 0),
                    func.coalesce(func.avg(Interaction.latency_ms), 0.0)).where(mine)).one()
@@ -164,7 +171,9 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
         if canary.error_rate > champion.error_rate + policy.max_error_rate_increase:
             return "rollback", f"guardrail: canary error rate {canary.error_rate:.1%} vs {champion.error_rate:.1%}", \
                 evidence
-        if champion.mean_latency_ms and canary.mean_latency_ms > policy.max_latency_ratio * champion.mean_latency_ms:
+        slower = canary.mean_latency_ms - champion.mean_latency_ms
+        if slower >= policy.min_latency_increase_ms and \
+                canary.mean_latency_ms > policy.max_latency_ratio * champion.mean_latency_ms:
             return "rollback", (f"guardrail: canary mean latency {canary.mean_latency_ms:.0f} ms vs "
                                 f"{champion.mean_latency_ms:.0f} ms"), evidence
         if champion.coverage and canary.coverage < policy.min_coverage_ratio * champion.coverage:
@@ -182,7 +191,8 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
 
 
 def judge_all(sessions: sessionmaker, policy: Policy, now: datetime | None = None) -> list[tuple[str, str, str]]:
-    """Judges every running experiment and acts; returns (alias, decision, why) for each."""
+    """Judges every running experiment and acts, then starts experiments for new approved
+    versions; returns (alias, decision, why) for each, decision "start" for the latter."""
     with sessions() as session:
         aliases = list(session.scalars(select(Experiment.alias).where(Experiment.status == "running")))
     results = []
@@ -199,4 +209,29 @@ def judge_all(sessions: sessionmaker, policy: Policy, now: datetime | None = Non
             elif decision == "rollback":
                 rollback(session, alias, actor="auto", reason=why, numbers=evidence)
             results.append((alias, decision, why))
+    if policy.auto_start:
+        results += _start_waiting(sessions, policy)
     return results
+
+
+def _start_waiting(sessions: sessionmaker, policy: Policy) -> list[tuple[str, str, str]]:
+    """The newest approved version trained for each alias without an open experiment goes
+    into one (older approved ones stay for an operator: only the latest is worth users' time)."""
+    with sessions() as session:
+        open_aliases = set(session.scalars(select(Experiment.alias).where(Experiment.status.in_(OPEN))))
+        waiting: dict[str, str] = {}
+        for version in session.scalars(select(AdapterVersion).where(AdapterVersion.state == S.approved)
+                                       .order_by(AdapterVersion.created_at)):
+            alias = ((version.provenance or {}).get("config") or {}).get("alias")
+            if alias and alias not in open_aliases:
+                waiting[alias] = version.name  # the newest wins
+    started = []
+    for alias, name in waiting.items():
+        try:
+            with sessions.begin() as session:
+                start(session, alias, name, policy.default_share, policy.default_max_hours, actor="auto",
+                      reason="approved by the eval gate")
+            started.append((alias, "start", name))
+        except (InvalidTransition, NotFound):  # someone else started one meanwhile
+            continue
+    return started

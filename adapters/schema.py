@@ -108,7 +108,8 @@ class Experiment(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     alias: Mapped[str] = mapped_column(ForeignKey("aliases.name"), index=True)
-    champion: Mapped[str] = mapped_column(ForeignKey("adapter_versions.name"))
+    # None: the alias had no champion yet, the canary is tested against the base model
+    champion: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"), nullable=True)
     canary: Mapped[str] = mapped_column(ForeignKey("adapter_versions.name"))
     canary_share: Mapped[float] = mapped_column(Float)
     status: Mapped[str] = mapped_column(String(16))  # running | paused | promoted | rolled_back

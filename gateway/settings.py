@@ -31,6 +31,7 @@ class ExperimentSettings(BaseModel):
     """How A/B experiments are judged (adapters/experiments.py)."""
 
     check_interval_s: float = Field(10.0, description="How often running experiments are judged.")
+    auto_start: bool = Field(True, description="Approved versions trained for an alias start an experiment.")
     alpha: float = Field(0.05, description="Chance of a decision when the canary is no different.")
     tau: float = Field(0.1, description="Thumbs-up rate difference the test is tuned to detect.")
     min_ratings: int = Field(30, description="Ratings per arm before the test may decide.")
@@ -39,15 +40,18 @@ class ExperimentSettings(BaseModel):
     guardrail_min_requests: int = Field(50, description="Requests per arm before guardrails apply.")
     max_error_rate_increase: float = Field(0.02, description="Rollback: canary error rate over the champion's + this.")
     max_latency_ratio: float = Field(2.0, description="Rollback: canary mean latency over the champion's times this.")
+    min_latency_increase_ms: float = Field(100.0, description="...and at least this many ms slower.")
     min_coverage_ratio: float = Field(0.5, description="Rollback: canary rated less often than this x the champion.")
 
     def policy(self):  # type: ignore[no-untyped-def]
         from adapters.experiments import Policy
 
-        return Policy(alpha=self.alpha, tau=self.tau, min_ratings=self.min_ratings,
+        return Policy(alpha=self.alpha, tau=self.tau, min_ratings=self.min_ratings, auto_start=self.auto_start,
+                      default_share=self.default_share, default_max_hours=self.default_max_hours,
                       guardrail_min_requests=self.guardrail_min_requests,
                       max_error_rate_increase=self.max_error_rate_increase,
-                      max_latency_ratio=self.max_latency_ratio, min_coverage_ratio=self.min_coverage_ratio)
+                      max_latency_ratio=self.max_latency_ratio, min_coverage_ratio=self.min_coverage_ratio,
+                      min_latency_increase_ms=self.min_latency_increase_ms)
 
 
 class Settings(StoreSettings):

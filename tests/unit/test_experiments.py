@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from adapters import experiments
+from adapters import experiments, registry
 from adapters.db import make_engine, make_sessionmaker
 from adapters.errors import InvalidTransition, LoraloopError, NotFound
 from adapters.schema import AdapterEvent, AdapterState, AdapterVersion, Alias, Experiment, utcnow
@@ -66,8 +66,6 @@ def test_the_lifecycle_is_enforced_and_audited(gw: Gateway, db) -> None:  # type
         candidate = session.scalars(select(AdapterVersion).where(AdapterVersion.state == AdapterState.candidate)).one()
         with pytest.raises(InvalidTransition):  # never judged by the gate: cannot go to users
             experiments.start(session, "default", candidate.name, 0.1, 24, actor="ops")
-    with db.begin() as session, pytest.raises(InvalidTransition, match="no champion"):
-        experiments.start(session, "empty", gw.pinned, 0.1, 24, actor="ops")
     start(db, gw)
     assert state_of(db, gw.pinned) == AdapterState.canary
     with db.begin() as session, pytest.raises(InvalidTransition, match="already"):
@@ -157,6 +155,10 @@ def test_guardrails_and_the_deadline_roll_back(gw: Gateway, db) -> None:  # type
     bad = dict(numbers, canary=experiments.ArmNumbers(numbers["canary"].requests, 10, 5.0, 60, 30))
     decision, why, _ = experiments.judge(experiment, bad, POLICY, utcnow())
     assert (decision, why.split(":")[0]) == ("rollback", "guardrail")
+    champion_ms = numbers["champion"].mean_latency_ms
+    for canary_ms, expected in ((champion_ms + 500, "rollback"), (champion_ms + 50, "continue")):  # ms: noise
+        slow = dict(numbers, canary=experiments.ArmNumbers(numbers["canary"].requests, 0, canary_ms, 60, 30))
+        assert experiments.judge(experiment, slow, POLICY, utcnow())[0] == expected
     decision, why, _ = experiments.judge(experiment, numbers, POLICY, utcnow() + timedelta(hours=25))
     assert decision == "rollback" and "no decision within 24 h" in why
     assert experiments.judge(experiment, numbers, POLICY, utcnow())[0] == "continue"
@@ -271,3 +273,43 @@ def test_replicas_hold_what_aliases_serve_and_free_retired_versions(gw: Gateway,
     assert chat(gw.sdk(), gw.champion).headers["x-loraloop-adapter-version"] == gw.champion
     gw.http.portal.call(_probe, state)
     assert sum(gw.champion in r.loaded for r in replicas) == 1
+
+
+def test_an_approved_version_goes_to_users_by_itself_against_the_base_model(gw: Gateway, db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run trained for alias `fresh` (no champion: the base model serves it) is approved by
+    the gate; the judge starts its experiment against the base model, users rate, and the
+    better canary becomes the alias's first champion, with nobody in between."""
+    from tests.fake_vllm import BASE
+    from tests.unit.harness import fake_adapter
+
+    with db.begin() as session:
+        registry.lock_alias(session, "fresh", create=True)
+        trained = registry.register(session, fake_adapter(tmp_path / "run", 9), gw.settings.adapter_store, BASE,
+                                    prefix="dpo", state=AdapterState.approved)
+        trained.provenance = {"config": {"alias": "fresh", "method": "dpo"}}
+        name = trained.name
+    policy = experiments.Policy(default_share=0.5)
+    assert experiments.judge_all(db, policy) == [("fresh", "start", name)]
+    assert experiments.judge_all(db, policy) == [("fresh", "continue", "")]  # one at a time
+    refresh(gw)
+    import random
+
+    rng = random.Random(0)
+    decision = "continue"
+    for round_ in range(8):
+        for i in range(40):
+            response = chat(gw.sdk(), "fresh", user=f"r{round_}-{i}")
+            arm = response.headers["x-loraloop-arm"]
+            assert response.headers["x-loraloop-adapter-version"] == (name if arm == "canary" else "")
+            up = rng.random() < (0.85 if arm == "canary" else 0.3)
+            rate(gw, id=response.parse().id, rating="up" if up else "down")
+        refresh(gw)
+        ((_, decision, _),) = experiments.judge_all(db, policy)
+        if decision != "continue":
+            break
+    assert decision == "promote"
+    with db() as session:
+        alias = session.get(Alias, "fresh")
+        assert alias is not None and alias.champion == name
+        experiment = session.scalars(select(Experiment).where(Experiment.alias == "fresh")).one()
+        assert experiment.champion is None and experiment.decided_by == "auto"

@@ -22,7 +22,7 @@ def upgrade() -> None:
         "experiments",
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("alias", sa.String(128), sa.ForeignKey("aliases.name"), nullable=False),
-        sa.Column("champion", sa.String(128), sa.ForeignKey("adapter_versions.name"), nullable=False),
+        sa.Column("champion", sa.String(128), sa.ForeignKey("adapter_versions.name"), nullable=True),
         sa.Column("canary", sa.String(128), sa.ForeignKey("adapter_versions.name"), nullable=False),
         sa.Column("canary_share", sa.Float, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
