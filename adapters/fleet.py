@@ -39,6 +39,7 @@ class Fleet:
         self.client = client
         self.probe_timeout_s = probe_timeout_s
         self.down_events: dict[str, int] = {}  # url -> times taken out of rotation
+        self.unloaded: set[str] = set()  # retired versions already unloaded everywhere
         self._next = 0
 
     def pick_order(self) -> list[Replica]:
@@ -100,6 +101,25 @@ class Fleet:
                 return
             raise AdapterLoadFailed(f"replica {replica.url} refused adapter {name}: "
                                     f"{resp.status_code} {resp.text[:200]}")
+
+    def holds(self, name: str) -> bool:
+        """Whether some replica in rotation has `name` loaded (and so can serve it now)."""
+        return any(r.healthy and name in r.loaded for r in self.replicas)
+
+    async def reconcile(self, live: dict[str, str], retired: frozenset[str]) -> None:
+        """Every healthy replica loads the `live` versions (name -> path: what aliases route
+        to) before their traffic arrives, also after a restart; a version that retired gives
+        its slot back, once (a pinned request may load it again)."""
+        for replica in self.replicas:
+            for name, path in live.items():
+                if replica.healthy and name not in replica.loaded:
+                    try:
+                        await self.ensure_loaded(replica, name, path)
+                    except (AdapterLoadFailed, httpx.HTTPError) as exc:  # not routed until it loads
+                        log.warning("could not load %s on %s: %r", name, replica.url, exc)
+        for name in retired - self.unloaded:
+            await self.unload(name)
+            self.unloaded.add(name)
 
     async def unload(self, name: str) -> None:
         """Frees `name`'s slot on every replica holding it (a retired version)."""

@@ -54,7 +54,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=64)
         async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits) as client:
             fleet = Fleet(settings.upstreams, client)
-            router = Router(sessions, settings.served_model_name)
+            router = Router(sessions, settings.served_model_name, ready=fleet.holds)
             auth = Authenticator(None if settings.auth == "none" else sessions, settings.auth_cache_ttl_s)
             log = InteractionLog(sessions, settings.log_queue_size, settings.log_overflow, metrics)
             state = GatewayState(settings, engine, sessions, client, fleet, router, auth,
@@ -117,19 +117,7 @@ def _adopt_base_model(state: GatewayState) -> None:
 async def _probe(state: GatewayState) -> None:
     await state.fleet.probe_all()
     _adopt_base_model(state)
-    # A restarted or new replica gets the champions and canaries before their traffic does
-    # (requests would load them on demand too, but then the first user waits for it).
-    for replica in state.fleet.replicas:
-        for name, path in state.router.live_versions().items():
-            if replica.healthy and name not in replica.loaded:
-                try:
-                    await state.fleet.ensure_loaded(replica, name, path)
-                except Exception as exc:  # the request path retries and reports it
-                    log.warning("could not preload %s on %s: %r", name, replica.url, exc)
-    # A version that just retired gives its slot back (once: a pinned request may load it again).
-    for name in state.router.table.retired - state.unloaded:
-        await state.fleet.unload(name)
-        state.unloaded.add(name)
+    await state.sync_fleet()
 
 
 async def _judge_experiments(state: GatewayState) -> None:
@@ -149,6 +137,7 @@ async def _judge_experiments(state: GatewayState) -> None:
 
     await anyio.to_thread.run_sync(judge)
     await state.router.refresh()
+    await state.sync_fleet()
 
 
 async def _refresh_stats(state: GatewayState) -> None:

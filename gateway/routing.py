@@ -7,7 +7,7 @@
     an alias in an experiment  -> canary_share of its users (by a hash of the user id, so
                                   a user keeps their arm) get the canary (arm "canary"),
                                   the rest the champion; requests without a user id are
-                                  assigned at random
+                                  assigned at random. Not before a replica holds the canary.
 
 The table is a snapshot of the registry, refreshed in the background and once more on a
 miss, so a version registered a moment ago is routable at once.
@@ -19,6 +19,7 @@ import hashlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -40,9 +41,12 @@ class Route:
 
 
 class Router:
-    def __init__(self, sessions: sessionmaker, base_model: str, miss_refresh_s: float = 0.5):
+    def __init__(self, sessions: sessionmaker, base_model: str, miss_refresh_s: float = 0.5,
+                 ready: Callable[[str], bool] = lambda name: True):
         self.sessions = sessions
         self.base_model = base_model
+        # Whether a canary is loaded on a replica: until it is, its users get the champion.
+        self.ready = ready
         self.table = registry.RoutingSnapshot(versions={}, aliases={})
         self.miss_refresh_s = miss_refresh_s
         self._loaded_at = 0.0
@@ -80,7 +84,8 @@ class Router:
             return Route(model, model, path, None, "pinned")
         if model in self.table.aliases:
             split = self.table.splits.get(model)
-            if split is not None and split.canary in self.table.versions and in_canary(split, user):
+            if split is not None and split.canary in self.table.versions and in_canary(split, user) \
+                    and self.ready(split.canary):
                 return Route(split.canary, split.canary, self.table.versions[split.canary], model, "canary")
             champion = self.table.aliases[model]
             if champion is None or champion not in self.table.versions:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 from sqlalchemy import Engine
@@ -31,4 +31,7 @@ class GatewayState:
     log: InteractionLog
     ratings: RatingWriter
     metrics: GatewayMetrics
-    unloaded: set[str] = field(default_factory=set)  # retired versions already unloaded
+
+    async def sync_fleet(self) -> None:
+        """Replicas load what aliases route to and free retired versions (Fleet.reconcile)."""
+        await self.fleet.reconcile(self.router.live_versions(), self.router.table.retired)

@@ -40,7 +40,8 @@ async def _in_db(state: GatewayState, work: Callable[[Session], Any], write: boo
 
     result = await anyio.to_thread.run_sync(run)
     if write:
-        await state.router.refresh()  # this replica routes by the change at once
+        await state.router.refresh()  # this replica routes by the change at once,
+        await state.sync_fleet()  # with a new canary loaded before its users get it
     return result
 
 

@@ -27,9 +27,11 @@ def db(gw: Gateway):  # type: ignore[no-untyped-def]
 
 
 def refresh(gw: Gateway) -> None:
+    """What the gateway's background loops do: write the log, re-read routes, sync replicas."""
     state = gw.http.app.state.gateway
     gw.http.portal.call(state.log.flush)
     gw.http.portal.call(state.router.refresh)
+    gw.http.portal.call(state.sync_fleet)
 
 
 def start(db, gw: Gateway, share: float = 0.5, max_hours: float = 24) -> None:  # type: ignore[no-untyped-def]
@@ -313,3 +315,14 @@ def test_an_approved_version_goes_to_users_by_itself_against_the_base_model(gw: 
         assert alias is not None and alias.champion == name
         experiment = session.scalars(select(Experiment).where(Experiment.alias == "fresh")).one()
         assert experiment.champion is None and experiment.decided_by == "auto"
+
+
+def test_a_canary_gets_no_users_before_a_replica_holds_it(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    with db.begin() as session:
+        experiments.start(session, "default", gw.pinned, 0.5, 24, actor="ops")
+    state = gw.http.app.state.gateway
+    gw.http.portal.call(state.router.refresh)  # routes re-read, replicas not synced yet
+    assert {chat(gw.sdk(), "default", user=f"u{i}").headers["x-loraloop-arm"] for i in range(20)} == {"champion"}
+    gw.http.portal.call(state.sync_fleet)
+    assert all(gw.pinned in r.loaded for r in gw.fleet.replicas.values())  # loaded everywhere, then routed
+    assert "canary" in {chat(gw.sdk(), "default", user=f"u{i}").headers["x-loraloop-arm"] for i in range(20)}

@@ -177,6 +177,7 @@ def test_experiments_are_exported_with_the_sequential_test(gw: Gateway) -> None:
         experiments.start(session, "default", gw.pinned, 0.5, 24, actor="ops")
     state = gw.http.app.state.gateway
     gw.http.portal.call(state.router.refresh)
+    gw.http.portal.call(state.sync_fleet)
     for i in range(40):
         answer = chat(gw.sdk(), "default", user=f"u{i}").parse()
         assert rate(gw, id=answer.id, rating="up").status_code == 200
