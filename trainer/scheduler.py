@@ -117,11 +117,15 @@ def next_run(settings: SchedulerSettings) -> datetime | None:
         store.shutdown()
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loraloop scheduler", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--once", action="store_true", help="check once, train if due, exit")
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="loraloop scheduler", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--once", action="store_true", help="check once, train if due, exit")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = SchedulerSettings()
     if args.once:

@@ -1,0 +1,128 @@
+"""deploy/: the compose file and Kubernetes manifests are valid against their published
+schemas, every LORALOOP_ variable they set is a setting loraloop knows, and the images'
+entrypoints are commands the CLI accepts. (No Docker engine or cluster runs here:
+deploy/README.md says what was checked and how.)"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+from pydantic import BaseModel
+
+from gateway.cli import parser as cli_parser
+from gateway.settings import Settings
+from trainer.scheduler import SchedulerSettings
+from trainer.scheduler import parser as scheduler_parser
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S = DEPLOY / "k8s"
+KUBERNETES = "1.30.0"  # the oldest release the manifests promise to work on
+
+
+def k8s_docs() -> list[tuple[str, dict]]:
+    return [(f.name, doc) for f in sorted(K8S.glob("*.yaml")) if f.name != "kustomization.yaml"
+            for doc in yaml.safe_load_all(f.read_text()) if doc]
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def test_compose_file_is_valid_against_the_compose_spec() -> None:
+    schema = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor")
+                        .joinpath("compose-spec.json").read_text())
+    jsonschema.validate(compose(), schema)
+    services = compose()["services"]
+    assert {"vllm", "gateway", "trainer", "postgres", "prometheus", "grafana"} <= set(services)
+    for mount in (*services["prometheus"]["volumes"], *services["grafana"]["volumes"]):
+        source = mount.split(":")[0]
+        assert not source.startswith("./") or (DEPLOY / source).exists(), mount
+    data = {name: [v for v in s.get("volumes", []) if v.startswith("loraloop-data:")] for name, s in services.items()}
+    assert data["vllm"] == data["gateway"] == data["trainer"] == ["loraloop-data:/data"]  # one store path
+
+
+@pytest.mark.parametrize("name,doc", k8s_docs(), ids=lambda v: v if isinstance(v, str) else v.get("kind", ""))
+def test_kubernetes_manifests_are_valid(name: str, doc: dict) -> None:
+    kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(f.name for f in K8S.glob("*.yaml")
+                                                        if f.name != "kustomization.yaml")
+    images = {i["name"] for i in kustomization["images"]}
+    used = {c["image"] for _, doc in k8s_docs() for c in _containers(doc)}
+    assert images <= used
+
+
+def _containers(doc: dict) -> list[dict]:
+    spec = doc.get("spec", {})
+    pod = spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {}) \
+        .get("template", {}).get("spec") or {}
+    return pod.get("containers", [])
+
+
+def _setting_known(variable: str) -> bool:
+    path = variable.removeprefix("LORALOOP_").lower().split("__")
+    model: type[BaseModel] = Settings
+    for i, part in enumerate(path):
+        fields = {**model.model_fields, **(SchedulerSettings.model_fields if i == 0 else {})}
+        if part not in fields:
+            return False
+        annotation = fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+    return True
+
+
+def test_every_variable_the_deployments_set_is_a_setting() -> None:
+    variables = set()
+    for service in compose()["services"].values():
+        variables |= set(service.get("environment", {}))
+    variables |= set(compose()["x-loraloop-env"])
+    for _, doc in k8s_docs():
+        if doc["kind"] == "ConfigMap":
+            variables |= set(doc["data"])
+        for container in _containers(doc):
+            variables |= {e["name"] for e in container.get("env", [])}
+    ours = {v for v in variables if v.startswith("LORALOOP_")}
+    assert len(ours) >= 8  # the test reads them all, not just a few
+    assert [v for v in sorted(ours) if not _setting_known(v)] == []
+    assert not _setting_known("LORALOOP_NO_SUCH_SETTING") and not _setting_known("LORALOOP_ENGINE__NOPE")
+
+
+def _accepts(argv: list[str]) -> None:
+    """Parses `loraloop ARGV` as the CLI would (the trainer's commands by the trainer's parser)."""
+    if argv[0] == "scheduler":
+        scheduler_parser().parse_args(argv[1:])
+    else:
+        cli_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("image", ["gateway", "trainer"])
+def test_images_run_the_cli_as_a_user_with_a_healthcheck_and_no_secrets(image: str) -> None:
+    dockerfile = DockerfileParser(str(DEPLOY / "docker" / f"{image}.Dockerfile"))
+    instructions = {i["instruction"]: i["value"] for i in dockerfile.structure}
+    assert json.loads(instructions["ENTRYPOINT"]) == ["loraloop"]
+    _accepts(json.loads(instructions["CMD"]))
+    assert instructions["USER"] not in ("root", "0") and "HEALTHCHECK" in instructions
+    secret_words = ("PASSWORD", "TOKEN", "SECRET", "DATABASE_URL", "API_KEY")
+    assert not [k for k in dockerfile.envs if any(w in k for w in secret_words)]
+
+
+def test_deployments_start_commands_the_cli_accepts() -> None:
+    for name in ("gateway", "trainer"):
+        _accepts(compose()["services"][name]["command"])
+    for _, doc in k8s_docs():
+        for container in _containers(doc):
+            if container["image"].startswith("loraloop-"):
+                _accepts(container["args"])
+    with pytest.raises(SystemExit):
+        _accepts(["serve", "--no-such-flag"])
