@@ -32,6 +32,7 @@ from gateway.interaction_log import InteractionLog
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.openai_api.proxy import Forwarder
 from gateway.openai_api.router import router as openai_router
+from gateway.openapi import install as install_openapi
 from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -85,6 +86,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     app.include_router(openai_router)
     app.include_router(feedback_router)
     app.include_router(admin_router)
+    install_openapi(app)
 
     @app.get("/health")
     async def health() -> dict:

@@ -9,6 +9,7 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
@@ -46,6 +47,9 @@ def error_response(exc: Exception, retry_after_s: int = 5) -> JSONResponse:
             if status == 401:
                 headers = {"WWW-Authenticate": "Bearer"}
             return JSONResponse(error_body(exc.message, type_, code, exc.param), status, headers)
+    if isinstance(exc, DataError):  # e.g. a NUL character, which PostgreSQL cannot store
+        message = "A value in the request cannot be stored (for example a NUL character)."
+        return JSONResponse(error_body(message, "invalid_request_error", "invalid_request"), 400)
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(error_body("internal server error", "api_error", "internal_error"), 500)
 

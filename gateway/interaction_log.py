@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import sessionmaker
 
 from adapters.errors import LogQueueFull
@@ -97,6 +98,10 @@ class InteractionLog:
             try:
                 await anyio.to_thread.run_sync(self._write, batch)
                 self.written += len(batch)
+            except DataError:
+                # A row the database refuses (not an outage): write the rest one by one
+                # rather than retry a batch that can never succeed.
+                await anyio.to_thread.run_sync(self._write_each, batch)
             except Exception:
                 # The database is away: keep the batch and retry, the queue absorbs the wait.
                 log.exception("writing %d interactions failed; retrying", len(batch))
@@ -121,6 +126,15 @@ class InteractionLog:
         self._wake.set()
         await self._idle.wait()
 
+    def _write_each(self, batch: list[Record]) -> None:
+        for rec in batch:
+            try:
+                self._write([rec])
+                self.written += 1
+            except DataError:
+                self.dropped += 1
+                log.exception("interaction %s refused by the database; dropped", rec.id)
+
     def _write(self, batch: list[Record]) -> None:
         rows = [_row(rec) for rec in batch]
         with self.sessions.begin() as session:
@@ -131,6 +145,8 @@ class InteractionLog:
 
 def _row(rec: Record) -> dict:
     text, finish_reason, usage = parse_answer(rec.raw, rec.streamed) if rec.status == 200 else (None, None, {})
+    if text is not None:
+        text = text.replace("\x00", "")  # a model can emit one; PostgreSQL cannot store it
     return {
         "id": rec.id, "key_id": rec.key_id, "tenant": rec.tenant, "end_user": rec.end_user,
         "requested_model": rec.requested_model, "adapter_version": rec.adapter_version, "arm": rec.arm,

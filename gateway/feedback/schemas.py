@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 RATINGS = {"up": 1, "down": -1, 1: 1, -1: -1}
 
@@ -17,3 +17,11 @@ class FeedbackRequest(BaseModel):
     comment: str | None = Field(None, description="Free text; its length limit is a setting.")
     user: str | None = Field(None, max_length=256,
                              description="Who rates; default: the end user the answer was served to.")
+
+    @field_validator("id", "comment", "user")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # PostgreSQL cannot store NUL; one such rating would fail the batch it is written with.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL (\\u0000) characters")
+        return value

@@ -49,6 +49,8 @@ def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
+    if b"\\u0000" in raw and _has_nul(body):  # fast test on the bytes, exact test if they hint at one
+        raise InvalidRequest("Strings may not contain NUL (\\u0000) characters.")
     if "model" not in body:
         raise InvalidRequest("model: field required", param="model")
     for name, (types, human) in CHECKED_FIELDS.items():
@@ -64,6 +66,17 @@ def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
             raise InvalidRequest("prompt: must be a string or a non-empty list", param="prompt")
     return body
+
+
+def _has_nul(value: object) -> bool:
+    """PostgreSQL cannot store NUL in text: such a request would be served and never logged."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 def _check_messages(messages: object) -> None:
