@@ -59,12 +59,18 @@ def integrity(adapter_dir: Path, cfg: GateConfig) -> list[str]:
     problems = []
     if config.get("peft_type") != "LORA":
         problems.append(f"not a LoRA adapter ({config.get('peft_type')})")
-    if int(config.get("r", 0)) > cfg.max_lora_rank:
-        problems.append(f"rank {config.get('r')} exceeds the engine's max LoRA rank {cfg.max_lora_rank}")
+    rank = config.get("r")
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank <= cfg.max_lora_rank:
+        problems.append(f"rank {rank!r} is not a LoRA rank the engine serves (1..{cfg.max_lora_rank})")
     modules = config.get("target_modules") or []
     if isinstance(modules, str) or not set(modules) <= set(cfg.allowed_modules):
         problems.append(f"target modules {modules} are not all servable ({list(cfg.allowed_modules)})")
-    weights = load_file(adapter_dir / "adapter_model.safetensors")
+    try:
+        weights = load_file(adapter_dir / "adapter_model.safetensors")
+    except Exception as exc:  # truncated, corrupt, or not safetensors at all
+        return [*problems, f"the weights cannot be read ({type(exc).__name__}: {exc}); truncated or corrupt?"]
+    if not weights:
+        problems.append("the weights file holds no tensors")
     bad = [name for name, t in weights.items() if not t.isfinite().all()]
     if bad:
         problems.append(f"{len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]})")
