@@ -60,8 +60,10 @@ def integrity(adapter_dir: Path, cfg: GateConfig) -> list[str]:
     if config.get("peft_type") != "LORA":
         problems.append(f"not a LoRA adapter ({config.get('peft_type')})")
     rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or not 0 < rank <= cfg.max_lora_rank:
-        problems.append(f"rank {rank!r} is not a LoRA rank the engine serves (1..{cfg.max_lora_rank})")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        problems.append(f"rank {rank!r} is not a positive integer")
+    elif rank > cfg.max_lora_rank:
+        problems.append(f"rank {rank} exceeds the engine's max LoRA rank {cfg.max_lora_rank}")
     modules = config.get("target_modules") or []
     if isinstance(modules, str) or not set(modules) <= set(cfg.allowed_modules):
         problems.append(f"target modules {modules} are not all servable ({list(cfg.allowed_modules)})")
