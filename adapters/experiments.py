@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import registry
 from adapters.errors import InvalidRequest, InvalidTransition, NotFound
-from adapters.schema import AdapterState, AdapterVersion, Experiment, Feedback, Interaction, utcnow
+from adapters.schema import AdapterState, AdapterVersion, Experiment, Feedback, Interaction, as_utc, utcnow
 from adapters.sequential import Arm, decide
 
 S = AdapterState
@@ -183,9 +183,7 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
         better = "better" if verdict.difference > 0 else "worse"
         return verdict.decision, (f"sequential test: canary thumbs-up {canary.up}/{canary.ratings} vs "
                                   f"{champion.up}/{champion.ratings}, {better} at alpha {policy.alpha}"), evidence
-    started = experiment.started_at
-    started = started if started.tzinfo else started.replace(tzinfo=now.tzinfo)  # SQLite gives naive UTC
-    if now - started >= timedelta(hours=experiment.max_hours):
+    if now - as_utc(experiment.started_at) >= timedelta(hours=experiment.max_hours):
         return "rollback", f"no decision within {experiment.max_hours:g} h: the champion stays", evidence
     return "continue", "", evidence
 

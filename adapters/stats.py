@@ -7,13 +7,23 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from adapters.schema import AdapterState, AdapterVersion, Alias, Experiment, Feedback, Interaction, TrainingRun, utcnow
+from adapters.schema import (
+    AdapterState,
+    AdapterVersion,
+    Alias,
+    Experiment,
+    Feedback,
+    Interaction,
+    TrainingRun,
+    as_utc,
+    utcnow,
+)
 
 WORD = re.compile(r"\w+")
 
@@ -49,8 +59,8 @@ def read_stats(session: Session, drift_window: timedelta, drift_sample: int = 20
         else:
             streak_open = False
         if finished is not None:
-            s.last_finished_ts = max(s.last_finished_ts, _aware(finished).timestamp())
-            s.run_durations.append((_aware(finished) - _aware(started)).total_seconds())
+            s.last_finished_ts = max(s.last_finished_ts, as_utc(finished).timestamp())
+            s.run_durations.append((as_utc(finished) - as_utc(started)).total_seconds())
     s.runs_finished = dict(counts)
 
     judged = session.execute(select(AdapterVersion.eval_report).where(AdapterVersion.eval_report.is_not(None))
@@ -75,7 +85,7 @@ def read_stats(session: Session, drift_window: timedelta, drift_sample: int = 20
 
     for alias, champion_created in session.execute(
             select(Alias.name, AdapterVersion.created_at).join(AdapterVersion, Alias.champion == AdapterVersion.name)):
-        drift = prompt_drift(session, _aware(champion_created), drift_window, drift_sample)
+        drift = prompt_drift(session, as_utc(champion_created), drift_window, drift_sample)
         if drift is not None:
             s.prompt_drift[alias] = drift
     return s
@@ -121,8 +131,3 @@ def _words(prompts: list[Any]) -> Counter[str]:
                               if isinstance(m, dict) and m.get("role") == "user")
         words.update(WORD.findall(str(prompt).lower()))
     return words
-
-
-def _aware(moment: Any) -> Any:
-    """SQLite returns naive datetimes for timezone-aware columns; they are UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

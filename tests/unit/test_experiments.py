@@ -112,14 +112,20 @@ def test_users_are_split_by_share_and_keep_their_arm(gw: Gateway, db) -> None:  
     assert chat(gw.sdk(), gw.pinned).headers["x-loraloop-arm"] == "pinned"  # pinning is not an experiment
 
 
-def test_a_better_canary_is_promoted_by_the_sequential_test(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
-    start(db, gw)
-    decision = "continue"
+def until_decided(gw: Gateway, db, taste: dict[str, float]) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """Rounds of 60 users rating by `taste`, the judge after each: (decision, why)."""
+    decision, why = "continue", ""
     for round_ in range(6):
-        traffic(gw, 60, {"champion": 0.3, "canary": 0.8}, seed=round_)
+        traffic(gw, 60, taste, seed=round_)
         ((_, decision, why),) = experiments.judge_all(db, POLICY)
         if decision != "continue":
             break
+    return decision, why
+
+
+def test_a_better_canary_is_promoted_by_the_sequential_test(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    start(db, gw)
+    decision, why = until_decided(gw, db, {"champion": 0.3, "canary": 0.8})
     assert decision == "promote" and why.startswith("sequential test")
     with db() as session:
         experiment = session.scalars(select(Experiment)).one()
@@ -136,12 +142,7 @@ def test_a_better_canary_is_promoted_by_the_sequential_test(gw: Gateway, db) -> 
 
 def test_a_worse_canary_is_rolled_back(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
     start(db, gw)
-    decision = "continue"
-    for round_ in range(6):
-        traffic(gw, 60, {"champion": 0.8, "canary": 0.3}, seed=round_)
-        ((_, decision, _),) = experiments.judge_all(db, POLICY)
-        if decision != "continue":
-            break
+    decision, _ = until_decided(gw, db, {"champion": 0.8, "canary": 0.3})
     assert decision == "rollback"
     assert (state_of(db, gw.pinned), state_of(db, gw.champion)) == (AdapterState.retired, AdapterState.champion)
 
