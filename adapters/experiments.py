@@ -218,7 +218,8 @@ def _start_waiting(sessions: sessionmaker, policy: Policy) -> list[tuple[str, st
     with sessions() as session:
         open_aliases = set(session.scalars(select(Experiment.alias).where(Experiment.status.in_(OPEN))))
         waiting: dict[str, str] = {}
-        for version in session.scalars(select(AdapterVersion).where(AdapterVersion.state == S.approved)
+        for version in session.scalars(select(AdapterVersion).where(AdapterVersion.state == S.approved,
+                                                                  AdapterVersion.kind == "policy")
                                        .order_by(AdapterVersion.created_at)):
             alias = ((version.provenance or {}).get("config") or {}).get("alias")
             if alias and alias not in open_aliases:

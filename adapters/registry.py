@@ -53,7 +53,7 @@ class RoutingSnapshot:
 
 def register(session: Session, src: Path, store_root: Path, base_model: str, *,
              prefix: str = "adapter", state: AdapterState = S.candidate,
-             max_rank: int | None = None) -> AdapterVersion:
+             max_rank: int | None = None, kind: str = "policy") -> AdapterVersion:
     """Publishes an adapter folder to the store and records it (idempotent by content)."""
     if not NAME_RE.match(prefix):
         raise InvalidAdapter(f"adapter name prefix {prefix!r} must match {NAME_RE.pattern}")
@@ -64,7 +64,7 @@ def register(session: Session, src: Path, store_root: Path, base_model: str, *,
     existing = session.get(AdapterVersion, name)
     if existing is not None:
         return existing
-    version = AdapterVersion(name=name, base_model=base_model, path=str(path), sha256=sha, state=state)
+    version = AdapterVersion(name=name, base_model=base_model, path=str(path), sha256=sha, state=state, kind=kind)
     session.add(version)
     session.flush()
     return version
@@ -80,6 +80,9 @@ def transition(session: Session, name: str, new: AdapterState, *, actor: str = "
         raise AdapterNotFound(f"adapter version {name!r} does not exist")
     if new not in TRANSITIONS[version.state]:
         raise InvalidTransition(f"{name} cannot go from {version.state.value} to {new.value}")
+    if version.kind != "policy" and new in (S.canary, S.champion):
+        raise InvalidTransition(f"{name} is a {version.kind} model (the gate's judge and PPO's reward), "
+                                "not a chat adapter: it cannot serve users")
     audit(session, "transition", actor, reason, version=name, alias=alias, numbers=numbers,
           from_state=version.state.value, to_state=new.value)
     version.state = new
@@ -156,12 +159,19 @@ def _champion_elsewhere(session: Session, name: str, alias: str) -> bool:
 
 def snapshot(session: Session) -> RoutingSnapshot:
     rows = list(session.scalars(select(AdapterVersion)))
-    versions = {v.name: v.path for v in rows if v.state.servable}
+    versions = {v.name: v.path for v in rows if v.state.servable and v.kind == "policy"}
     retired = frozenset(v.name for v in rows if v.state == S.retired)
     aliases = {a.name: a.champion for a in session.scalars(select(Alias))}
     splits = {e.alias: Split(e.id, e.canary, e.canary_share)
               for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}
     return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits, retired=retired)
+
+
+def newest(session: Session, *, kind: str, base_model: str) -> AdapterVersion | None:
+    """The newest approved version of a kind (e.g. the reward model the gate should use)."""
+    return session.scalars(select(AdapterVersion).where(
+        AdapterVersion.kind == kind, AdapterVersion.base_model == base_model, AdapterVersion.state == S.approved,
+    ).order_by(AdapterVersion.created_at.desc()).limit(1)).first()
 
 
 def list_versions(session: Session) -> list[AdapterVersion]:

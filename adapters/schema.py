@@ -84,6 +84,9 @@ class AdapterVersion(Base):
     path: Mapped[str] = mapped_column(String(1024))
     sha256: Mapped[str] = mapped_column(String(64))
     state: Mapped[AdapterState] = mapped_column(Enum(AdapterState, native_enum=False, length=16))
+    # "policy": a chat adapter routing can send users to; "reward": a reward model (the
+    # gate's judge and PPO's reward), stored and judged like the others but never served.
+    kind: Mapped[str] = mapped_column(String(16), default="policy", server_default="policy")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)

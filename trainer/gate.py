@@ -10,7 +10,10 @@ Checks, on held-out data the run never trained on:
    repetition. Measured on this project's demo model (shared/FACTS.md): teacher-forced
    metrics stay healthy while a collapsed adapter's samples are garbage; these numbers
    separated healthy (KL <= 0.68, share <= 0.08) from collapsed (KL >= 7, share >= 0.39).
-4. with a reward model trained on the same feedback (trainer/reward_model.py): the win rate
+4. forgetting: the candidate's perplexity on reference conversations (an operator's file,
+   or the base's own answers to the held-out prompts) over the base's perplexity on them.
+   A fine-tune that has overwritten what the base could do shows as a ratio far above 1.
+5. with a reward model trained on the same feedback (trainer/reward_model.py): the win rate
    of the candidate's answers against the champion's on held-out prompts. A candidate the
    users' preferences clearly rank below what serves now is refused; whether it is better
    is for the live A/B test to show.
@@ -38,6 +41,10 @@ class GateConfig:
     implausible_nll: float = field(default=1.0, metadata={"help": "Base NLL (nats/token) called implausible."})
     max_repetition: float = field(default=0.5, metadata={"help": "Reject above this repeated-4-gram share."})
     min_win_rate: float = field(default=0.35, metadata={"help": "Refuse below this win rate vs the champion."})
+    max_perplexity_ratio: float = field(default=1.5, metadata={
+        "help": "Refuse above this perplexity on reference conversations, relative to the base (forgetting)."})
+    min_reward_accuracy: float = field(default=0.6, metadata={
+        "help": "A reward model must rank this share of held-out pairs right."})
     max_new_tokens: int = field(default=48, metadata={"help": "Sample length."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
 
@@ -138,11 +145,74 @@ def sample_metrics(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> dic
             "repetition": sum(repeated) / len(repeated)}
 
 
+def base_answers(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> list[list[dict]]:  # type: ignore[no-untyped-def]
+    """The base's own sampled answers to `prompts`, as conversations (adapter disabled)."""
+    import torch
+
+    torch.manual_seed(cfg.seed + 1)
+    conversations = []
+    with model.disable_adapter():
+        for messages in prompts:
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)
+            with torch.no_grad():
+                out = model.generate(**ids, do_sample=True, max_new_tokens=cfg.max_new_tokens,
+                                     pad_token_id=tokenizer.pad_token_id)
+            answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            conversations.append([*messages, {"role": "assistant", "content": answer}])
+    return conversations
+
+
+def perplexity_ratio(model, tokenizer, conversations: list[list[dict]]) -> float:  # type: ignore[no-untyped-def]
+    """exp(candidate NLL - base NLL) per assistant token, over `conversations`."""
+    import torch
+
+    from trainer.sft import assistant_masked
+
+    total = {"candidate": 0.0, "base": 0.0}
+    tokens = 0
+    for messages in conversations:
+        encoded = assistant_masked(tokenizer, messages)
+        ids = torch.tensor([encoded["input_ids"]])
+        mask = torch.tensor(encoded["assistant_masks"][1:], dtype=torch.float32)
+        for side in total:
+            with torch.no_grad():
+                if side == "base":
+                    with model.disable_adapter():
+                        logits = model(input_ids=ids).logits[0, :-1]
+                else:
+                    logits = model(input_ids=ids).logits[0, :-1]
+            nll = -torch.log_softmax(logits.float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
+            total[side] += float((nll * mask).sum())
+        tokens += int(mask.sum())
+    return math.exp((total["candidate"] - total["base"]) / max(tokens, 1))
+
+
+def evaluate_reward_model(base_model: str, adapter_dir: Path, heldout_pairs: list[dict],
+                          cfg: GateConfig | None = None) -> GateReport:
+    """A reward model's gate: integrity, then its accuracy on held-out pairs it never saw."""
+    from trainer.reward_model import RewardModel, accuracy
+
+    cfg = cfg or GateConfig()
+    reasons = integrity(adapter_dir, cfg)
+    if reasons:
+        return GateReport(False, reasons, {})
+    if not heldout_pairs:
+        return GateReport(False, ["no held-out pairs to measure the reward model's accuracy on"], {})
+    metrics = {"reward_accuracy": accuracy(RewardModel(base_model, adapter_dir), heldout_pairs),
+               "heldout_pairs": float(len(heldout_pairs))}
+    if metrics["reward_accuracy"] < cfg.min_reward_accuracy:
+        reasons.append(f"held-out accuracy {metrics['reward_accuracy']:.2f} < {cfg.min_reward_accuracy} "
+                       "(the reward model does not tell the users' preferred answers apart)")
+    return GateReport(not reasons, reasons, {k: round(v, 4) for k, v in metrics.items()})
+
+
 def evaluate(base_model: str, adapter_dir: Path, heldout_pairs: list[dict], heldout_prompts: list[Any],
              cfg: GateConfig | None = None, reward_model: Path | None = None,
-             champion: Path | None = None) -> GateReport:
+             champion: Path | None = None, reference: list[list[dict]] | None = None) -> GateReport:
     """Runs every check; the candidate passes only if none objects. With `reward_model`
-    (a trainer.reward_model adapter) also the win rate against `champion` (None: the base)."""
+    (a trainer.reward_model adapter) also the win rate against `champion` (None: the base).
+    `reference`: conversations for the forgetting check (None: the base's own answers)."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -169,6 +239,11 @@ def evaluate(base_model: str, adapter_dir: Path, heldout_pairs: list[dict], held
                        f"(limit {cfg.max_implausible_share:.0%}): degenerate output")
     if metrics["repetition"] > cfg.max_repetition:
         reasons.append(f"repetition {metrics['repetition']:.2f} > {cfg.max_repetition}")
+    metrics["perplexity_ratio"] = perplexity_ratio(
+        model, tokenizer, reference or base_answers(model, tokenizer, heldout_prompts, cfg))
+    if not metrics["perplexity_ratio"] <= cfg.max_perplexity_ratio:
+        reasons.append(f"perplexity on reference conversations {metrics['perplexity_ratio']:.2f}x the base's "
+                       f"(limit {cfg.max_perplexity_ratio}x): the adapter forgets what the base could do")
     if reward_model is not None:
         from trainer.reward_model import RewardModel, win_rate
 

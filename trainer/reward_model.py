@@ -11,32 +11,43 @@ import random
 from pathlib import Path
 from typing import Any
 
-from trainer.train import TARGET_MODULES
+
+def build_trainer(cfg: Any, base_model: str, out: Path, pairs: list[dict]):  # type: ignore[no-untyped-def]
+    """TRL's RewardTrainer: LoRA on the base plus a trained score head (Bradley-Terry loss)."""
+    import datasets
+    import trl
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from trainer.models import load_kwargs, lora_config, trainer_args
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForSequenceClassification.from_pretrained(base_model, num_labels=1, **load_kwargs(cfg.qlora))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = trainer_args(cfg, out) | {"max_length": cfg.max_length}
+    dataset = datasets.Dataset.from_list([{k: v for k, v in p.items() if k != "source"} for p in pairs])
+    return trl.RewardTrainer(model=model, args=trl.RewardConfig(**args), train_dataset=dataset,
+                             processing_class=tokenizer,
+                             peft_config=lora_config(cfg.lora_r, cfg.lora_alpha, "SEQ_CLS", modules_to_save=["score"]))
 
 
 def train_reward_model(base_model: str, pairs: list[dict], out: Path, steps: int = 60, seed: int = 0) -> Path:
-    """Trains on `prompt/chosen/rejected` pairs; saves a PEFT adapter (with the score head) to `out`."""
-    import datasets
-    import peft
-    import torch
-    import trl
-    from transformers import AutoTokenizer
+    """Trains on `prompt/chosen/rejected` pairs; saves a PEFT adapter (with the score head) to `out`.
+    The gate's own reward model, when no approved `--method reward` version exists."""
+    from trainer.train import TrainConfig
 
-    cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    args = trl.RewardConfig(
-        output_dir=str(out / "checkpoints"), max_steps=steps, per_device_train_batch_size=8, learning_rate=1e-3,
-        bf16=cuda, gradient_checkpointing=False, report_to="none", save_strategy="no", max_length=256,
-        use_cpu=not cuda, seed=seed, disable_tqdm=True, logging_steps=max(1, steps // 5))
-    lora = peft.LoraConfig(r=16, lora_alpha=32, target_modules=TARGET_MODULES, task_type="SEQ_CLS",
-                           modules_to_save=["score"])
-    dataset = datasets.Dataset.from_list([{k: v for k, v in p.items() if k != "source"} for p in pairs])
-    trainer = trl.RewardTrainer(model=base_model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                peft_config=lora)
+    cfg = TrainConfig(method="reward", steps=steps, seed=seed)
+    trainer = build_trainer(cfg, base_model, out, pairs)
     trainer.train()
     model: Any = trainer.model
     model.save_pretrained(out)
     return out
+
+
+def accuracy(reward: RewardModel, pairs: list[dict]) -> float:
+    """Share of `prompt/chosen/rejected` pairs where the chosen answer scores higher."""
+    right = sum(reward.score(p["prompt"], p["chosen"][0]["content"]) >
+                reward.score(p["prompt"], p["rejected"][0]["content"]) for p in pairs)
+    return right / len(pairs)
 
 
 class RewardModel:

@@ -1,14 +1,23 @@
-"""Preference training of a LoRA adapter with TRL + PEFT: DPO (pairs) or KTO (unpaired thumbs).
+"""Training a LoRA adapter with TRL + PEFT, by any method of the post-training playbook:
 
-    python -m trainer.train --method dpo [--data pairs.jsonl] [--steps 100] ...
+    python -m trainer.train --method dpo|kto|sft|reward|grpo [--data FILE] [--steps 100] [--qlora] ...
 
-The data is the feedback store's training split (`trainer.data`), or a JSONL file in TRL's
-`prompt/chosen/rejected` (DPO) or `prompt/completion/label` (KTO) format. The reference
-model is the base with the adapter disabled (no second copy in memory). Settings follow the
-hardware: fp32, no gradient checkpointing and precomputed reference log-probs on CPU; bf16
-on CUDA. The adapter is written to a scratch folder with its provenance, then published
-atomically into the adapter store under its content hash and registered as a `candidate`:
-a run that dies midway leaves nothing in the store or the registry.
+- dpo: preference pairs (`prompt/chosen/rejected`); kto: unpaired thumbs (`prompt/completion/label`).
+  The scheduled default: both come straight from the feedback store.
+- sft: conversations (`messages`), loss on assistant turns only, early stopping on held-out
+  validation loss (trainer/sft.py). From a file, or the liked conversations in the store.
+- reward: a reward model (sequence classification, LoRA + score head) from pairs, judged by
+  its held-out accuracy; the gate's judge and GRPO's reward. Never served to users.
+- grpo: RLHF against the newest approved reward model with a KL penalty to the reference
+  (trainer/rlhf.py; TRL 1.16's PPO-family trainer: it has no PPOTrainer any more).
+- --qlora: the base in 4-bit NF4 on a CUDA GPU (trainer/models.py); refused on CPU.
+
+The data is the feedback store's training split (`trainer.data`) or a JSONL file; the
+held-out split is by prompt, never trained on. The reference model is the base with the
+adapter disabled (no second copy in memory). The adapter is written to a scratch folder
+with its provenance, judged by the gate, then published atomically into the adapter store
+under its content hash and registered `approved` or `rejected`: a run that dies midway
+leaves nothing in the store or the registry.
 """
 
 from __future__ import annotations
@@ -23,41 +32,70 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from trainer.models import TARGET_MODULES, check_qlora
+
 log = logging.getLogger(__name__)
 
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+__all__ = ["METHODS", "TARGET_MODULES", "TrainConfig", "TrainResult", "main", "train"]
+# the feedback-store format each method trains on
+METHODS = {"dpo": "dpo", "kto": "kto", "sft": "sft", "reward": "dpo", "grpo": "kto"}
+# learning rates that trained well on the demo model (shared/FACTS.md, tests); 0 picks these
+DEFAULT_LEARNING_RATE = {"dpo": 2e-4, "kto": 2e-4, "sft": 5e-4, "reward": 1e-3, "grpo": 3e-4}
 
 
 @dataclass
 class TrainConfig:
-    method: str = field(default="dpo", metadata={"help": "dpo (pairs) or kto (unpaired thumbs)."})
+    method: str = field(default="dpo", metadata={"help": "dpo, kto, sft, reward or grpo (see above)."})
     base_model: str = field(default="", metadata={"help": "HF id or path; empty: the demo model."})
     data: str = field(default="", metadata={"help": "JSONL in TRL format; empty: the feedback store."})
-    steps: int = field(default=100, metadata={"help": "Optimizer steps."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per step."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate."})
-    beta: float = field(default=0.1, metadata={"help": "DPO/KTO beta: how far from the reference."})
+    steps: int = field(default=100, metadata={"help": "Optimizer steps (at most: SFT may stop early)."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per step (GRPO: completions per step)."})
+    learning_rate: float = field(default=0.0, metadata={"help": "AdamW learning rate; 0: the method's default."})
+    beta: float = field(default=0.1, metadata={"help": "DPO/KTO/GRPO beta: the price of drifting from the reference."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (the engine's max rank bounds it)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     max_length: int = field(default=256, metadata={"help": "Longest prompt + answer in tokens."})
     seed: int = field(default=0, metadata={"help": "Seed for init and data order."})
     prefix: str = field(default="", metadata={"help": "Version name prefix; default: the method."})
     register: bool = field(default=True, metadata={"help": "Publish to the store and register."})
+    qlora: bool = field(default=False, metadata={
+        "help": "Load the base in 4-bit NF4 (bitsandbytes; CUDA GPUs only)."})
     check_every: int = field(default=20, metadata={
         "help": "Steps between collapse checks; the last healthy checkpoint is what is kept (0: off)."})
     heldout_fraction: float = field(default=0.1, metadata={
         "help": "Share of prompts (of a --data file) held out for the gate."})
+    eval_every: int = field(default=20, metadata={"help": "SFT: steps between held-out validation losses (0: off)."})
+    patience: int = field(default=3, metadata={"help": "SFT: stop after this many evaluations without improvement."})
+    reward_model: str = field(default="", metadata={
+        "help": "GRPO's reward and the gate's judge: a reward version name or folder; empty: the newest approved."})
+    generations: int = field(default=4, metadata={"help": "GRPO: answers sampled per prompt (the group)."})
+    max_new_tokens: int = field(default=48, metadata={"help": "GRPO: longest sampled answer in tokens."})
     reward_model_steps: int = field(default=60, metadata={
-        "help": "Steps of the gate's reward model (DPO runs; 0: no win-rate check)."})
+        "help": "DPO without an approved reward model: steps of a gate-only one (0: no win-rate check)."})
+    reference_data: str = field(default="", metadata={
+        "help": "Conversations (messages JSONL) the base must stay good at (gate's forgetting check); "
+                "empty: the base's own answers to held-out prompts."})
     alias: str = field(default="default", metadata={"help": "Whose champion the candidate is compared with."})
 
     def __post_init__(self) -> None:
-        if self.method not in ("dpo", "kto"):
-            raise ValueError(f"method must be dpo or kto, not {self.method!r}")
+        if self.method == "ppo":
+            raise ValueError("TRL 1.16 has no PPOTrainer any more; use --method grpo (PPO's clipped objective "
+                             "and KL penalty, with group-relative advantages instead of a value model)")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.steps < 1 or self.batch_size < 1 or self.lora_r < 1:
             raise ValueError("steps, batch_size and lora_r must be positive")
         if self.method == "kto" and self.batch_size < 2:
             raise ValueError("KTO needs batch_size >= 2 (it estimates its KL term across the batch)")
+        if self.method == "grpo" and (self.generations < 2 or self.batch_size % self.generations):
+            raise ValueError("GRPO needs generations >= 2 and a batch_size that is a multiple of it")
+        if not self.learning_rate:
+            self.learning_rate = DEFAULT_LEARNING_RATE[self.method]
+
+    @property
+    def kind(self) -> str:
+        """What the run makes: a chat adapter (`policy`) or a `reward` model."""
+        return "reward" if self.method == "reward" else "policy"
 
 
 @dataclass
@@ -71,23 +109,35 @@ class TrainResult:
     reasons: list[str]
 
 
+def example_prompt(example: dict) -> Any:
+    """The prompt of an example in any of the formats: `prompt`, or a conversation's turns
+    before its last answer."""
+    return example["prompt"] if "prompt" in example else example["messages"][:-1]
+
+
 def load_examples(cfg: TrainConfig, db_url: str) -> dict[str, list[dict]]:
-    """{"train": [...], "heldout": [...]}, split by prompt: no held-out prompt is trained on."""
+    """{"train": [...], "heldout": [...]}, split by prompt: no held-out prompt is trained on.
+    GRPO learns from prompts alone: one example per distinct prompt."""
     from trainer.data import DataConfig, build, is_heldout, prompt_key
 
     if cfg.data:
         examples = [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
         split: dict[str, list[dict]] = {"train": [], "heldout": []}
         for e in examples:
-            split["heldout" if is_heldout(prompt_key(e["prompt"]), cfg.heldout_fraction) else "train"].append(e)
-        return split
-    from adapters.db import make_engine, make_sessionmaker
+            key = prompt_key(example_prompt(e))
+            split["heldout" if is_heldout(key, cfg.heldout_fraction) else "train"].append(e)
+    else:
+        from adapters.db import make_engine, make_sessionmaker
 
-    engine = make_engine(db_url)
-    with make_sessionmaker(engine)() as session:
-        built = build(session, cfg.method, DataConfig(heldout_fraction=cfg.heldout_fraction))
-    engine.dispose()
-    return built
+        engine = make_engine(db_url)
+        with make_sessionmaker(engine)() as session:
+            split = build(session, METHODS[cfg.method], DataConfig(heldout_fraction=cfg.heldout_fraction))
+        engine.dispose()
+    if cfg.method == "grpo":
+        for name, examples in split.items():
+            distinct = {prompt_key(example_prompt(e)): example_prompt(e) for e in examples}
+            split[name] = [{"prompt": p} for p in distinct.values()]
+    return split
 
 
 def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: ignore[no-untyped-def]
@@ -134,41 +184,24 @@ def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: 
 
 
 def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  # type: ignore[no-untyped-def]
-          check_prompts: list | None = None):
+          check_prompts: list | None = None, heldout: list[dict] | None = None,
+          reward_adapter: Path | None = None):
     """Trains and saves the adapter (PEFT format, plus `loraloop-train.json`) into `out`.
-    With `check_prompts` (held-out prompts) and cfg.check_every, keeps the last checkpoint
-    that passed the collapse check. Returns (seconds, TRL's log history, the PEFT model)."""
+    With `check_prompts` (held-out prompts) and cfg.check_every, a policy keeps its last
+    checkpoint that passed the collapse check. `heldout` is SFT's validation set;
+    `reward_adapter` GRPO's reward model. Returns (seconds, TRL's log history, the PEFT model)."""
     import datasets
     import peft
     import torch
     import transformers
     import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     transformers.set_seed(cfg.seed)
-    cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.bfloat16 if cuda else torch.float32)
-    lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                           target_modules=TARGET_MODULES, task_type="CAUSAL_LM")
-    common: dict[str, Any] = dict(
-        output_dir=str(out / "checkpoints"), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
-        learning_rate=cfg.learning_rate, beta=cfg.beta, max_length=cfg.max_length, seed=cfg.seed,
-        bf16=cuda, gradient_checkpointing=False, precompute_ref_log_probs=True, report_to="none",
-        logging_steps=max(1, cfg.steps // 20), save_strategy="no", remove_unused_columns=False,
-        use_cpu=not cuda, disable_tqdm=False,
-    )
-    dataset = datasets.Dataset.from_list([{k: v for k, v in e.items() if k != "source"} for e in examples])
-    trainer: trl.DPOTrainer | trl.KTOTrainer
-    if cfg.method == "dpo":
-        trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common), train_dataset=dataset,
-                                 processing_class=tokenizer, peft_config=lora)
-    else:
-        trainer = trl.KTOTrainer(model=model, args=trl.KTOConfig(**common), train_dataset=dataset,
-                                 processing_class=tokenizer, peft_config=lora)
+    trainer = _build_trainer(cfg, examples, base_model, out, heldout or [], reward_adapter)
     guard = None
-    if check_prompts and cfg.check_every:
-        guard = healthy_checkpoint_callback(tokenizer, check_prompts, cfg.check_every)
+    if cfg.kind == "policy" and check_prompts and cfg.check_every:
+        guard = healthy_checkpoint_callback(AutoTokenizer.from_pretrained(base_model), check_prompts, cfg.check_every)
         trainer.add_callback(guard)
     started = time.monotonic()
     trainer.train()
@@ -176,15 +209,49 @@ def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  #
     trained: Any = trainer.model  # a PeftModel
     trained.save_pretrained(out)
     provenance = {
-        "config": asdict(cfg), "base_model": base_model, "examples": len(examples),
+        "config": asdict(cfg), "kind": cfg.kind, "base_model": base_model, "examples": len(examples),
         "data_sha256": _sha256_lines(examples), "seconds": round(seconds, 1),
         "versions": {m.__name__: m.__version__ for m in (torch, transformers, trl, peft, datasets)}
         | {"python": platform.python_version()},
         "log_history": trainer.state.log_history,
         "collapse_checks": guard.checks if guard is not None else [],
     }
+    if reward_adapter is not None:
+        provenance["reward_model"] = str(reward_adapter)
     (out / "loraloop-train.json").write_text(json.dumps(provenance, indent=2, default=str))
     return seconds, trainer.state.log_history, trained
+
+
+def _build_trainer(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  # type: ignore[no-untyped-def]
+                   heldout: list[dict], reward_adapter: Path | None):
+    if cfg.method == "sft":
+        from trainer import sft
+
+        return sft.build_trainer(cfg, base_model, out, examples, heldout)
+    if cfg.method == "reward":
+        from trainer import reward_model
+
+        return reward_model.build_trainer(cfg, base_model, out, examples)
+    if cfg.method == "grpo":
+        from trainer import rlhf
+
+        if reward_adapter is None:
+            raise ValueError("GRPO needs a reward model (train one with --method reward)")
+        return rlhf.build_trainer(cfg, base_model, out, examples, reward_adapter)
+    import datasets
+    import trl
+    from transformers import AutoTokenizer
+
+    from trainer.models import load_causal_lm, lora_config, trainer_args
+
+    args = trainer_args(cfg, out) | dict(beta=cfg.beta, max_length=cfg.max_length, precompute_ref_log_probs=True)
+    dataset = datasets.Dataset.from_list([{k: v for k, v in e.items() if k != "source"} for e in examples])
+    common: dict[str, Any] = dict(model=load_causal_lm(base_model, cfg.qlora), train_dataset=dataset,
+                                  processing_class=AutoTokenizer.from_pretrained(base_model),
+                                  peft_config=lora_config(cfg.lora_r, cfg.lora_alpha))
+    if cfg.method == "dpo":
+        return trl.DPOTrainer(args=trl.DPOConfig(**args), **common)
+    return trl.KTOTrainer(args=trl.KTOConfig(**args), **common)
 
 
 def _sha256_lines(examples: list[dict]) -> str:
@@ -198,47 +265,97 @@ def _sha256_lines(examples: list[dict]) -> str:
 
 def current_champion(db_url: str, alias: str) -> Path | None:
     from adapters import registry
-    from adapters.db import make_engine, make_sessionmaker, upgrade
 
-    engine = make_engine(db_url)
-    upgrade(engine)
-    with make_sessionmaker(engine)() as session:
+    with _session(db_url) as session:
         table = registry.snapshot(session)
-    engine.dispose()
     champion = table.aliases.get(alias)
     return Path(table.versions[champion]) if champion in table.versions else None
+
+
+def reward_model_for(cfg: TrainConfig, db_url: str, base_model: str) -> Path | None:
+    """The reward model that judges this run (and is GRPO's reward): --reward-model (a
+    version name or a folder), else the newest approved reward version on this base."""
+    from adapters import registry
+    from adapters.schema import AdapterState, AdapterVersion
+
+    if cfg.reward_model and Path(cfg.reward_model).is_dir():
+        return Path(cfg.reward_model)
+    with _session(db_url) as session:
+        if not cfg.reward_model:
+            newest = registry.newest(session, kind="reward", base_model=base_model)
+            return Path(newest.path) if newest else None
+        version = session.get(AdapterVersion, cfg.reward_model)
+        if version is None or version.kind != "reward" or version.state != AdapterState.approved:
+            raise SystemExit(f"--reward-model {cfg.reward_model!r} is neither a folder nor an approved reward "
+                             "version (loraloop adapters list)")
+        return Path(version.path)
+
+
+def _session(db_url: str):  # type: ignore[no-untyped-def]
+    from contextlib import contextmanager
+
+    from adapters.db import make_engine, make_sessionmaker, upgrade
+
+    @contextmanager
+    def scope():  # type: ignore[no-untyped-def]
+        engine = make_engine(db_url)
+        upgrade(engine)
+        try:
+            with make_sessionmaker(engine).begin() as session:
+                yield session
+        finally:
+            engine.dispose()
+
+    return scope()
+
+
+def judge(cfg: TrainConfig, base_model: str, adapter: Path, data: dict[str, list[dict]], prompts: list,
+          reward: Path | None, db_url: str):  # type: ignore[no-untyped-def]
+    """The gate's verdict on the scratch adapter (trainer/gate.py)."""
+    from trainer.gate import evaluate, evaluate_reward_model
+
+    if cfg.kind == "reward":
+        return evaluate_reward_model(base_model, adapter, data["heldout"])
+    if reward is None and cfg.method == "dpo" and cfg.reward_model_steps and len(data["train"]) >= 8:
+        from trainer.reward_model import train_reward_model
+
+        reward = train_reward_model(base_model, data["train"], adapter / "reward-model",
+                                    cfg.reward_model_steps, cfg.seed)
+    reference = None
+    if cfg.reference_data:
+        reference = [json.loads(line)["messages"] for line in Path(cfg.reference_data).read_text().splitlines()
+                     if line.strip()]
+    return evaluate(base_model, adapter, data["heldout"] if cfg.method == "dpo" else [], prompts,
+                    reward_model=reward, champion=current_champion(db_url, cfg.alias), reference=reference)
 
 
 def main(cfg: TrainConfig) -> TrainResult:
     """Data -> training -> gate -> a registered version, `approved` or `rejected` with its report."""
     from adapters import registry
-    from adapters.db import make_engine, make_sessionmaker, upgrade
     from adapters.schema import AdapterState
     from adapters.settings import StoreSettings
     from trainer.demo_model import ensure_demo_model
-    from trainer.gate import evaluate
 
+    if cfg.qlora:
+        check_qlora()  # before any data is read or model loaded
     settings = StoreSettings()
     base_model = cfg.base_model or str(ensure_demo_model(settings.data_dir))
     data = load_examples(cfg, settings.db_url)
     if not data["train"]:
         raise SystemExit(f"no {cfg.method} training data: collect feedback first (loraloop data report)")
+    reward = reward_model_for(cfg, settings.db_url, base_model) if cfg.kind == "policy" else None
+    if cfg.method == "grpo" and reward is None:
+        raise SystemExit("grpo needs an approved reward model on this base: train one first "
+                         "(loraloop train --method reward) or pass --reward-model")
     # Held-out prompts for the collapse checks; with too little data to hold any out, the
     # training prompts (sample-based checks need no labels, so they still mean something).
-    prompts = [e["prompt"] for e in (data["heldout"] or data["train"])][:16]
-    pairs = data["heldout"] if cfg.method == "dpo" else []
+    prompts = [example_prompt(e) for e in (data["heldout"] or data["train"])][:16]
     scratch_root = settings.data_dir / "runs"
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_root, prefix=f"{cfg.method}-") as scratch:
-        seconds, history, _ = train(cfg, data["train"], base_model, Path(scratch), prompts)
-        reward = None
-        if cfg.method == "dpo" and cfg.reward_model_steps and len(data["train"]) >= 8:
-            from trainer.reward_model import train_reward_model
-
-            reward = train_reward_model(base_model, data["train"], Path(scratch) / "reward-model",
-                                        cfg.reward_model_steps, cfg.seed)
-        report = evaluate(base_model, Path(scratch), pairs, prompts, reward_model=reward,
-                          champion=current_champion(settings.db_url, cfg.alias))
+        seconds, history, _ = train(cfg, data["train"], base_model, Path(scratch), prompts, data["heldout"],
+                                    reward if cfg.method == "grpo" else None)
+        report = judge(cfg, base_model, Path(scratch), data, prompts, reward, settings.db_url)
         provenance = json.loads((Path(scratch) / "loraloop-train.json").read_text())
         (Path(scratch) / "loraloop-eval.json").write_text(report.to_json())
         if not cfg.register:
@@ -246,17 +363,14 @@ def main(cfg: TrainConfig) -> TrainResult:
             Path(scratch).rename(kept)
             Path(scratch).mkdir()
             return TrainResult(kept, None, len(data["train"]), seconds, history, report.passed, report.reasons)
-        engine = make_engine(settings.db_url)
-        upgrade(engine)
-        with make_sessionmaker(engine).begin() as session:
+        with _session(settings.db_url) as session:
             version = registry.register(session, Path(scratch), settings.adapter_store, base_model,
-                                        prefix=cfg.prefix or cfg.method)
+                                        prefix=cfg.prefix or cfg.method, kind=cfg.kind)
             version.provenance = {k: v for k, v in provenance.items() if k != "log_history"}
             version.eval_report = json.loads(report.to_json())
             registry.transition(session, version.name,
                                 AdapterState.approved if report.passed else AdapterState.rejected)
             name, path = version.name, Path(version.path)
-        engine.dispose()
         from trainer.report import write_report
 
         write_report(settings.data_dir / "reports", name, provenance, history, json.loads(report.to_json()))
@@ -269,9 +383,12 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = argparse.ArgumentParser(prog="loraloop train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(TrainConfig):
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool) and f.default:
             parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_false",
                                 help=f"do not: {f.metadata['help']}")
+        elif f.type in ("bool", bool):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, action="store_true",
+                                help=f.metadata["help"])
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default,
@@ -306,7 +423,12 @@ def run_recorded(cfg: TrainConfig) -> TrainResult:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = parse_args()
+    try:
+        cfg = parse_args()
+    except ValueError as exc:  # a setting that cannot work: say why, no traceback
+        raise SystemExit(f"loraloop train: {exc}") from None
+    if cfg.qlora:
+        check_qlora()  # before the run is recorded: nothing was tried
     result = run_recorded(cfg) if cfg.register else main(cfg)
     print(json.dumps({"version": result.version, "approved": result.approved, "reasons": result.reasons,
                       "path": str(result.adapter_dir), "examples": result.examples,
