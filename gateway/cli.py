@@ -7,7 +7,7 @@
     loraloop aliases set ALIAS VERSION  point an alias at a version
     loraloop db upgrade                 apply database migrations
     loraloop data export|report|purge   feedback as training data (runs trainer.data)
-    loraloop train --method dpo|kto     train a candidate adapter from feedback (runs trainer.train)
+    loraloop train --method M           train a candidate: dpo|kto|sft|reward|grpo [--qlora] (trainer.train)
     loraloop scheduler [--once]         train on a schedule when feedback is new (trainer.scheduler)
 """
 
@@ -115,7 +115,7 @@ def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
             print(json.dumps({"name": version.name, "state": version.state.value, "path": version.path}))
         else:
             for v in registry.list_versions(session):
-                print(json.dumps({"name": v.name, "state": v.state.value, "path": v.path}))
+                print(json.dumps({"name": v.name, "kind": v.kind, "state": v.state.value, "path": v.path}))
 
 
 def cmd_aliases(settings: Settings, args: argparse.Namespace) -> None:
@@ -161,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
     set_.add_argument("alias")
     set_.add_argument("version")
     sub.add_parser("data", help="export|report|purge training data from feedback (see: loraloop data -h)")
-    sub.add_parser("train", help="train a DPO/KTO candidate adapter (see: loraloop train -h)")
+    sub.add_parser("train", help="train a candidate: dpo, kto, sft, reward model, grpo (see: loraloop train -h)")
     sub.add_parser("scheduler", help="scheduled training (see: loraloop scheduler -h)")
     db = sub.add_parser("db", help="database")
     db.add_argument("action", choices=["upgrade"])

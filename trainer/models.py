@@ -29,7 +29,7 @@ def check_qlora() -> None:
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        raise QLoRAUnavailable(f"--qlora needs bitsandbytes ({exc}): pip install 'loraloop[train]'") from exc
+        raise QLoRAUnavailable(f"--qlora needs bitsandbytes ({exc}): pip install 'loraloop[qlora]'") from exc
 
 
 def load_kwargs(qlora: bool) -> dict[str, Any]:

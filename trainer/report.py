@@ -17,15 +17,18 @@ def write_report(out_dir: Path, name: str, provenance: dict, log_history: list[d
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{name}.json").write_text(json.dumps({"provenance": provenance, "gate": gate,
                                                       "log_history": log_history}, indent=2, default=str))
-    steps = [h for h in log_history if "loss" in h]
+    steps = [h for h in log_history if "loss" in h or "eval_loss" in h or "reward" in h]
     checks = [c for c in provenance.get("collapse_checks", []) if "sampled_kl" in c]
     fig, (curves, collapse) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "rewards/margins", "rewards/accuracies"):
+    # DPO/KTO: loss, implicit reward margin and accuracy; SFT: validation loss; GRPO: the
+    # learned reward and the KL to the reference
+    for key in ("loss", "eval_loss", "rewards/margins", "rewards/accuracies", "reward", "kl"):
         points = [(h["step"], h[key]) for h in steps if key in h]
         if points:
             curves.plot(*zip(*points, strict=True), label=key)
-    curves.set(title="training (train split)", xlabel="step")
-    curves.legend()
+    curves.set(title="training", xlabel="step")
+    if curves.get_legend_handles_labels()[0]:
+        curves.legend()
     final = gate.get("metrics", {})
     last_step = max((h["step"] for h in steps), default=0)
     for key, marker in (("sampled_kl", "o"), ("implausible_share", "s")):
@@ -35,7 +38,8 @@ def write_report(out_dir: Path, name: str, provenance: dict, log_history: list[d
         if key in final:
             collapse.plot([last_step], [final[key]], marker, markersize=10, label=f"{key} (gate)")
     collapse.set_yscale("symlog")
-    collapse.legend(fontsize=7)
+    if collapse.get_legend_handles_labels()[0]:
+        collapse.legend(fontsize=7)
     verdict = "APPROVED" if gate.get("passed") else "REJECTED"
     metrics = ", ".join(f"{k} {v:.3g}" for k, v in gate.get("metrics", {}).items())
     collapse.set(title=f"held-out checks: {verdict}", xlabel="step")

@@ -5,7 +5,8 @@ new candidate when enough new feedback has arrived.
     python -m trainer.scheduler --once     # one check-and-maybe-train, then exit
 
 Settings (environment): LORALOOP_TRAIN_INTERVAL_MINUTES (default 60) or LORALOOP_TRAIN_CRON
-("0 3 * * *"), LORALOOP_TRAIN_MIN_NEW_RATINGS (default 50), LORALOOP_TRAIN_METHOD (dpo).
+("0 3 * * *"), LORALOOP_TRAIN_MIN_NEW_RATINGS (default 50), LORALOOP_TRAIN_METHOD (dpo; any
+method of `loraloop train`), LORALOOP_TRAIN_ARGS (more `loraloop train` options, e.g. "--qlora").
 The job lives in the database's `apscheduler_jobs` table, so its schedule survives restarts;
 a lease in the database makes sure only one run happens at a time across every replica.
 """
@@ -36,8 +37,9 @@ class SchedulerSettings(StoreSettings):
     train_interval_minutes: float = Field(60, description="Minutes between checks for new data.")
     train_cron: str = Field("", description="Crontab instead of an interval, e.g. '0 3 * * *'.")
     train_min_new_ratings: int = Field(50, description="New ratings needed since the last run.")
-    train_method: str = Field("dpo", description="dpo or kto.")
+    train_method: str = Field("dpo", description="Any `loraloop train --method`: dpo, kto, sft, reward, grpo.")
     train_steps: int = Field(100, description="Optimizer steps per run.")
+    train_args: str = Field("", description="More `loraloop train` options for every run, e.g. '--qlora --lora-r 8'.")
     train_lease_hours: float = Field(3, description="A run holding the lease longer is presumed dead.")
 
 
@@ -76,10 +78,20 @@ def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = N
         engine.dispose()
 
 
-def _train(settings: SchedulerSettings) -> object:
-    from trainer.train import TrainConfig, main
+def train_config(settings: SchedulerSettings):  # type: ignore[no-untyped-def]
+    """The scheduled run's TrainConfig; raises ValueError (or exits) on settings that cannot work."""
+    import shlex
 
-    return main(TrainConfig(method=settings.train_method, steps=settings.train_steps))
+    from trainer.train import parse_args
+
+    return parse_args(["--method", settings.train_method, "--steps", str(settings.train_steps),
+                       *shlex.split(settings.train_args)])
+
+
+def _train(settings: SchedulerSettings) -> object:
+    from trainer.train import main
+
+    return main(train_config(settings))
 
 
 def tick() -> None:
@@ -128,6 +140,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = SchedulerSettings()
+    try:
+        train_config(settings)  # settings that cannot work fail now, not at the first run in an hour
+    except ValueError as exc:
+        raise SystemExit(f"loraloop scheduler: {exc}") from None
     if args.once:
         print(run_once(settings))
         return

@@ -1,4 +1,4 @@
-# The loraloop trainer: scheduled DPO/KTO runs, the eval gate, `adapters add|compare`.
+# The loraloop trainer: scheduled runs of any method (DPO by default; QLoRA ready), the eval gate, `adapters add|compare`.
 # CUDA base: training (bf16 on GPU, QLoRA's 4-bit base) needs the CUDA runtime.
 #   docker build -f deploy/docker/trainer.Dockerfile -t loraloop-trainer .
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -15,7 +15,7 @@ COPY adapters ./adapters
 COPY gateway ./gateway
 COPY trainer ./trainer
 # CUDA torch from PyPI; training needs no vLLM in this image (the vLLM image serves).
-RUN pip install ".[train]" \
+RUN pip install ".[train,qlora]" \
     && useradd --create-home --uid 10001 loraloop \
     && mkdir -p /data && chown loraloop /data
 

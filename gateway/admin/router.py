@@ -46,7 +46,7 @@ async def _in_db(state: GatewayState, work: Callable[[Session], Any], write: boo
 
 
 def version_json(v: AdapterVersion) -> dict:
-    return {"name": v.name, "state": v.state.value, "base_model": v.base_model, "sha256": v.sha256,
+    return {"name": v.name, "kind": v.kind, "state": v.state.value, "base_model": v.base_model, "sha256": v.sha256,
             "created_at": v.created_at.isoformat()}
 
 

@@ -144,3 +144,13 @@ def test_one_shot_runs_are_recorded_too(db_url: str, tmp_path: Path, monkeypatch
     assert leases.acquire(store.sessions, LEASE, "someone-else:1", timedelta(hours=1))  # released
     with pytest.raises(SystemExit, match="another training run"):
         train_module.run_recorded(train_module.TrainConfig(method="kto"))
+
+
+def test_an_operator_can_schedule_any_method_with_its_options(tmp_path: Path) -> None:
+    from trainer.scheduler import train_config
+
+    cfg = train_config(SchedulerSettings(data_dir=tmp_path, train_method="sft", train_steps=40,
+                                         train_args="--eval-every 10 --lora-r 8"))
+    assert (cfg.method, cfg.steps, cfg.eval_every, cfg.lora_r) == ("sft", 40, 10, 8)
+    with pytest.raises(ValueError, match="use --method grpo"):
+        train_config(SchedulerSettings(data_dir=tmp_path, train_method="ppo"))
