@@ -9,6 +9,7 @@
     loraloop data export|report|purge   feedback as training data (runs trainer.data)
     loraloop train --method M           train a candidate: dpo|kto|sft|reward|grpo [--qlora] (trainer.train)
     loraloop scheduler [--once]         train on a schedule when feedback is new (trainer.scheduler)
+    loraloop demo [--persona P]         simulated users drive feedback, training, A/B and promotion (demo.run)
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("data", help="export|report|purge training data from feedback (see: loraloop data -h)")
     sub.add_parser("train", help="train a candidate: dpo, kto, sft, reward model, grpo (see: loraloop train -h)")
     sub.add_parser("scheduler", help="scheduled training (see: loraloop scheduler -h)")
+    sub.add_parser("demo", help="the whole loop with simulated users, and a report (see: loraloop demo -h)")
     db = sub.add_parser("db", help="database")
     db.add_argument("action", choices=["upgrade"])
     return p
@@ -170,7 +172,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    trainer_commands = {"data": "trainer.data", "train": "trainer.train", "scheduler": "trainer.scheduler"}
+    trainer_commands = {"data": "trainer.data", "train": "trainer.train", "scheduler": "trainer.scheduler",
+                        "demo": "demo.run"}
     if argv[:2] == ["adapters", "compare"]:  # generates through the gateway, then records: trainer side
         os.execv(sys.executable, [sys.executable, "-m", "trainer.compare", *argv[2:]])
     if argv[:2] == ["adapters", "add"] and "--approve" not in argv:

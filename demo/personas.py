@@ -1,0 +1,66 @@
+"""What simulated users like: personas over the demo corpus's style axes, or any function.
+
+A taste is a function `(prompt, response) -> bool`. Users always dislike garbage (an answer
+the demo corpus cannot read back: wrong name, broken sentence, unfinished), whatever their
+taste; `--judge module:function` plugs in any other taste under the same rule.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from trainer.demo_model.corpus import NAMES, Style, style_of
+
+Taste = Callable[[str, str], bool]
+
+# One per style axis and side; combine with "+" (e.g. "formal+short").
+AXES: dict[str, Callable[[Style], bool]] = {
+    "formal": lambda s: s.formal, "casual": lambda s: not s.formal,
+    "short": lambda s: not s.long, "long": lambda s: s.long,
+    "question": lambda s: s.question, "no-question": lambda s: not s.question,
+    "name": lambda s: s.name, "no-name": lambda s: not s.name,
+}
+BUILT_IN = ["formal", "short", "question", "no-name", "formal+short", "casual+no-name"]
+
+
+def addressee(prompt: str) -> str | None:
+    """The name the user gave in the prompt (the demo domain's requests all carry one)."""
+    return next((n for n in NAMES if n in prompt), None)
+
+
+def readable(prompt: str, response: str) -> Style | None:
+    """The answer's style, or None when it is garbage."""
+    name = addressee(prompt)
+    return style_of(response, name) if name else None
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    taste: Taste
+
+    def likes(self, prompt: str, response: str) -> bool:
+        return readable(prompt, response) is not None and bool(self.taste(prompt, response))
+
+
+def persona(spec: str) -> Persona:
+    """A built-in persona ("formal", "short+no-name") or "module:function" (any taste)."""
+    if ":" in spec:
+        module, _, function = spec.partition(":")
+        taste = getattr(importlib.import_module(module), function, None)
+        if not callable(taste):
+            raise ValueError(f"{spec}: {function} is not a function of {module}")
+        return Persona(spec, taste)
+    axes = spec.split("+")
+    unknown = [a for a in axes if a not in AXES]
+    if unknown:
+        raise ValueError(f"unknown persona axis {unknown[0]!r}: use {', '.join(AXES)} (joined with +) "
+                         "or module:function")
+
+    def taste(prompt: str, response: str) -> bool:
+        style = readable(prompt, response)
+        return style is not None and all(AXES[a](style) for a in axes)
+
+    return Persona(spec, taste)

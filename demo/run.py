@@ -1,0 +1,197 @@
+"""`loraloop demo`: serve, train, judge and roll out, driven by simulated users, and report.
+
+    loraloop demo [--persona formal] [--judge module:function] [--minutes 15] [--scenario taste-change]
+
+Processes, all real: `loraloop serve --dev` (gateway + vLLM on the demo model, with the
+experiment judge and auto-start), `loraloop scheduler` (trains when enough new ratings
+arrived; the gate decides), and this one: the simulated users and the progress line. The
+settings below only make the loop turn in minutes instead of days (small rating
+thresholds, a large canary share); the code paths are the production ones.
+
+The run ends when a promoted champion reaches `--target` on held-out prompts (measured on
+`--heldout-n` answers), after `--minutes`, or (taste-change) once the rollback happened.
+The report (summary.json, thumbs-up.png) goes to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from adapters.settings import DEMO_MODEL_NAME
+from demo import report
+from demo.personas import AXES, BUILT_IN, Persona, persona
+from demo.population import Population, heldout_rate
+
+OPPOSITE = {"formal": "casual", "casual": "formal", "short": "long", "long": "short", "question": "no-question",
+            "no-question": "question", "name": "no-name", "no-name": "name"}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loraloop demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--persona", default="formal", help=f"built in: {', '.join(BUILT_IN)}; any of "
+                   f"{', '.join(AXES)} joined with +")
+    p.add_argument("--judge", help="module:function, (prompt, response) -> bool: a taste the system never saw")
+    p.add_argument("--scenario", choices=["learn", "taste-change"], default="learn",
+                   help="taste-change: the users' taste flips when the first experiment starts (a rollback)")
+    p.add_argument("--minutes", type=float, default=15, help="wall-time limit")
+    p.add_argument("--target", type=float, default=0.85, help="held-out thumbs-up rate that ends the run")
+    p.add_argument("--heldout-n", type=int, default=300, help="held-out answers rated per measurement")
+    p.add_argument("--users", type=int, default=40, help="end users (ids)")
+    p.add_argument("--concurrency", type=int, default=6, help="users talking at once")
+    p.add_argument("--method", default="sft", help="training method of the scheduled runs (loraloop train)")
+    p.add_argument("--steps", type=int, default=120, help="steps per training run")
+    p.add_argument("--train-every", type=int, default=200, help="new ratings that trigger a training run")
+    p.add_argument("--min-ratings", type=int, default=40, help="ratings per arm before the A/B test decides")
+    p.add_argument("--share", type=float, default=0.5, help="canary share of users")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--data-dir", type=Path, help="default: a new folder under LORALOOP_DATA_DIR/demo")
+    p.add_argument("--out", type=Path, help="report folder; default: the data dir's report/")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parser().parse_args(argv)
+    taste = persona(args.judge or args.persona)
+    home = Path(os.environ.get("LORALOOP_DATA_DIR", Path.home() / ".local/share/loraloop"))
+    data = args.data_dir or home / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    data.mkdir(parents=True, exist_ok=True)
+    if not (data / "models").exists() and data != home:  # the demo model is built once, shared
+        (home / "models").mkdir(parents=True, exist_ok=True)
+        (data / "models").symlink_to(home / "models")
+    (data / "logs").mkdir(exist_ok=True)
+    env = {**os.environ, "LORALOOP_DATA_DIR": str(data), "LORALOOP_PORT": str(args.port),
+           "LORALOOP_EXPERIMENTS__CHECK_INTERVAL_S": "2", "LORALOOP_EXPERIMENTS__MIN_RATINGS": str(args.min_ratings),
+           "LORALOOP_EXPERIMENTS__DEFAULT_SHARE": str(args.share),
+           "LORALOOP_EXPERIMENTS__DEFAULT_MAX_HOURS": str(max(args.minutes, 5) / 60 / 2),
+           "LORALOOP_TRAIN_INTERVAL_MINUTES": "0.25", "LORALOOP_TRAIN_MIN_NEW_RATINGS": str(args.train_every),
+           "LORALOOP_TRAIN_METHOD": args.method, "LORALOOP_TRAIN_STEPS": str(args.steps)}
+    url = f"http://127.0.0.1:{args.port}"
+    children: list[subprocess.Popen] = []
+    try:
+        children.append(_spawn(["serve", "--dev"], env, data / "logs" / "gateway.log"))
+        _wait_ready(url, children[0], timeout=900)
+        print(f"gateway and vLLM up at {url}; measuring the base on {args.heldout_n} held-out prompts", flush=True)
+        base = report.rate(*heldout_rate(url, DEMO_MODEL_NAME, taste, args.heldout_n))
+        print(f"base model: {base['rate']:.2f} thumbs-up on held-out prompts {base['ci95']}", flush=True)
+        children.append(_spawn(["scheduler"], env, data / "logs" / "scheduler.log"))
+        summary = _loop(args, url, taste, base)
+    finally:
+        for child in reversed(children):  # scheduler first: a run killed midway is cleaned up next time
+            child.send_signal(signal.SIGTERM)
+        for child in reversed(children):
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    out = args.out or data / "report"
+    paths = report.write(out, summary, summary.pop("_rated"), summary["events"])
+    print(f"report: {paths[0]} and {paths[1]}")
+    return summary
+
+
+def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dict:
+    users = Population(url, taste, users=args.users, concurrency=args.concurrency, seed=args.seed)
+    users.start()
+    admin = httpx.Client(base_url=url, timeout=30)
+    events: list[dict] = []
+    seen: dict[int, str] = {}
+    generations = [{"version": "base", "heldout": base, "promoted_at": 0.0}]
+    champion_heldout, reached_at = base, None
+    deadline = time.monotonic() + args.minutes * 60
+    try:
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            now = time.monotonic() - users.started
+            for e in reversed(admin.get("/admin/experiments").json()["data"]):  # oldest first
+                if seen.get(e["id"]) == e["status"]:
+                    continue
+                seen[e["id"]] = e["status"]
+                action = {"running": "started", "promoted": "promoted", "rolled_back": "rolled_back"}.get(e["status"])
+                if action is None:
+                    continue
+                events.append({"at": round(now, 1), "action": action, "version": e["canary"],
+                               "reason": e["reason"] or ""})
+                print(f"[{now / 60:5.1f} min] experiment {e['id']}: {e['canary']} {action}"
+                      f"{': ' + e['reason'] if e['reason'] else ''}", flush=True)
+                if action == "started" and args.scenario == "taste-change" and \
+                        not any(ev["action"] == "taste_changed" for ev in events):
+                    flipped = "+".join(OPPOSITE[a] for a in (args.persona.split("+")))
+                    users.switch(persona(flipped))
+                    events.append({"at": round(now, 1), "action": "taste_changed", "version": flipped,
+                                   "reason": f"users now like {flipped}; the system is not told"})
+                    print(f"[{now / 60:5.1f} min] the users' taste changes to {flipped}", flush=True)
+                if action == "promoted":
+                    champion_heldout = report.rate(*heldout_rate(url, e["canary"], users.persona, args.heldout_n))
+                    generations.append({"version": e["canary"], "heldout": champion_heldout,
+                                        "promoted_at": round(now, 1)})
+                    print(f"[{now / 60:5.1f} min] generation {len(generations) - 1} ({e['canary']}): "
+                          f"{champion_heldout['rate']:.2f} on held-out prompts {champion_heldout['ci95']}",
+                          flush=True)
+                    if champion_heldout["rate"] >= args.target and champion_heldout["rated"] >= args.heldout_n:
+                        reached_at = now
+            _progress(now, users, admin)
+            if reached_at is not None or (args.scenario == "taste-change" and
+                                          any(ev["action"] == "rolled_back" for ev in events)):
+                break
+    finally:
+        users.stop()
+    return {
+        "persona": args.judge or args.persona, "scenario": args.scenario, "method": args.method,
+        "target": args.target, "minutes": round((time.monotonic() - users.started) / 60, 2),
+        "requests": users.requests, "failed_requests": len(users.failures), "failures": users.failures[:20],
+        "ratings": len(users.rated), "base_heldout": base, "champion_heldout": champion_heldout,
+        "reached_target": reached_at is not None,
+        "minutes_to_target": round(reached_at / 60, 2) if reached_at is not None else None,
+        "generations": generations, "live": report.live_rates(users.rated), "events": events,
+        "_rated": users.rated,
+    }
+
+
+def _progress(now: float, users: Population, admin: httpx.Client) -> None:
+    recent = [r for r in users.rated if r.at > now - 60]
+    arms = {}
+    for arm in ("champion", "canary"):
+        mine = [r for r in recent if r.arm == arm]
+        if mine:
+            arms[arm] = f"{arm} {sum(r.liked for r in mine) / len(mine):.2f} ({len(mine)})"
+    running = [e for e in admin.get("/admin/experiments").json()["data"] if e["status"] == "running"]
+    phase = "collecting feedback / training"
+    if running:
+        stats = running[0].get("stats") or {}
+        phase = (f"A/B {running[0]['canary']}: log-lambda {stats.get('log_lambda', 0):.1f} of "
+                 f"{stats.get('threshold', 0):.1f}")
+    print(f"[{now / 60:5.1f} min] {users.requests} requests, {len(users.failures)} failed | thumbs-up last 60 s: "
+          f"{', '.join(arms.values()) or '-'} | {phase}", flush=True)
+
+
+def _spawn(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", *command], env=env,
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child owns it
+
+
+def _wait_ready(url: str, gateway: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if gateway.poll() is not None:
+            raise SystemExit(f"the gateway exited ({gateway.returncode}); see its log")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise SystemExit("the gateway was not ready in time")
+
+
+if __name__ == "__main__":
+    main()
