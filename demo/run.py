@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> dict:
     url = f"http://127.0.0.1:{args.port}"
     children: list[subprocess.Popen] = []
     try:
-        children.append(_spawn(["serve", "--dev"], env, data / "logs" / "gateway.log"))
+        # Serving runs at a lower CPU priority: vLLM's CPU engine keeps its cores busy, and on a
+        # small machine a training run would otherwise crawl. Users are served throughout,
+        # slower while a run trains (in a fleet, training has machines of its own).
+        children.append(_spawn(["serve", "--dev"], env, data / "logs" / "gateway.log", nice=10))
         _wait_ready(url, children[0], timeout=900)
         print(f"gateway and vLLM up at {url}; measuring the base on {args.heldout_n} held-out prompts", flush=True)
         base = report.rate(*heldout_rate(url, DEMO_MODEL_NAME, taste, args.heldout_n))
@@ -174,9 +177,10 @@ def _progress(now: float, users: Population, admin: httpx.Client) -> None:
           f"{', '.join(arms.values()) or '-'} | {phase}", flush=True)
 
 
-def _spawn(command: list[str], env: dict, log: Path) -> subprocess.Popen:
+def _spawn(command: list[str], env: dict, log: Path, nice: int = 0) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "gateway.cli", *command], env=env,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child owns it
+                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115 - the child owns it
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None)
 
 
 def _wait_ready(url: str, gateway: subprocess.Popen, timeout: float) -> None:
