@@ -1,8 +1,9 @@
 """What simulated users like: personas over the demo corpus's style axes, or any function.
 
 A taste is a function `(prompt, response) -> bool`. Users always dislike garbage (an answer
-the demo corpus cannot read back: wrong name, broken sentence, unfinished), whatever their
-taste; `--judge module:function` plugs in any other taste under the same rule.
+the demo corpus cannot read back: broken or unfinished, about another task, to the wrong
+name), whatever their taste; `--judge module:function` plugs in any other taste under the
+same rule.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainer.demo_model.corpus import NAMES, Style, style_of
+from trainer.demo_model.corpus import NAMES, TASKS, Style, style_of
 
 Taste = Callable[[str, str], bool]
 
@@ -31,9 +32,16 @@ def addressee(prompt: str) -> str | None:
 
 
 def readable(prompt: str, response: str) -> Style | None:
-    """The answer's style, or None when it is garbage."""
+    """The answer's style, or None when it is garbage: unreadable, about another task than
+    the one asked, or addressed to someone else."""
     name = addressee(prompt)
-    return style_of(response, name) if name else None
+    task = next((t for t in TASKS if t[0] in prompt), None)
+    if name is None or task is None or (task[1] not in response and task[2] not in response):
+        return None
+    greeting = response.split(".")[0]
+    if "," in greeting and not greeting.endswith(f", {name}"):
+        return None
+    return style_of(response, name)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
            "LORALOOP_TRAIN_METHOD": args.method, "LORALOOP_TRAIN_STEPS": str(args.steps)}
     url = f"http://127.0.0.1:{args.port}"
     children: list[subprocess.Popen] = []
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         # Serving runs at a lower CPU priority: vLLM's CPU engine keeps its cores busy, and on a
         # small machine a training run would otherwise crawl. Users are served throughout,
@@ -111,6 +112,7 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
     generations = [{"version": "base", "heldout": base, "promoted_at": 0.0}]
     champion_heldout, reached_at = base, None
     deadline = time.monotonic() + args.minutes * 60
+    interrupted = False
     try:
         while time.monotonic() < deadline:
             time.sleep(5)
@@ -146,6 +148,8 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
             if reached_at is not None or (args.scenario == "taste-change" and
                                           any(ev["action"] == "rolled_back" for ev in events)):
                 break
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         users.stop()
     return {
@@ -153,7 +157,7 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
         "target": args.target, "minutes": round((time.monotonic() - users.started) / 60, 2),
         "requests": users.requests, "failed_requests": len(users.failures), "failures": users.failures[:20],
         "ratings": len(users.rated), "base_heldout": base, "champion_heldout": champion_heldout,
-        "reached_target": reached_at is not None,
+        "reached_target": reached_at is not None, "interrupted": interrupted,
         "minutes_to_target": round(reached_at / 60, 2) if reached_at is not None else None,
         "generations": generations, "live": report.live_rates(users.rated), "events": events,
         "_rated": users.rated,
@@ -175,6 +179,12 @@ def _progress(now: float, users: Population, admin: httpx.Client) -> None:
                  f"{stats.get('threshold', 0):.1f}")
     print(f"[{now / 60:5.1f} min] {users.requests} requests, {len(users.failures)} failed | thumbs-up last 60 s: "
           f"{', '.join(arms.values()) or '-'} | {phase}", flush=True)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM (kill, a CI timeout) unwinds like Ctrl-C: the report of what happened so far
+    is written and the children are stopped, not orphaned."""
+    raise KeyboardInterrupt
 
 
 def _spawn(command: list[str], env: dict, log: Path, nice: int = 0) -> subprocess.Popen:
