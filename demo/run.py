@@ -44,6 +44,7 @@ def parser() -> argparse.ArgumentParser:
                    help="taste-change: the users' taste flips when the first experiment starts (a rollback)")
     p.add_argument("--minutes", type=float, default=15, help="wall-time limit")
     p.add_argument("--target", type=float, default=0.85, help="held-out thumbs-up rate that ends the run")
+    p.add_argument("--generations", type=int, default=0, help="stop after this many promotions (0: no limit)")
     p.add_argument("--heldout-n", type=int, default=300, help="held-out answers rated per measurement")
     p.add_argument("--users", type=int, default=40, help="end users (ids)")
     p.add_argument("--concurrency", type=int, default=6, help="users talking at once")
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"gateway and vLLM up at {url}; measuring the base on {args.heldout_n} held-out prompts", flush=True)
         base = report.rate(*heldout_rate(url, DEMO_MODEL_NAME, taste, args.heldout_n))
         print(f"base model: {base['rate']:.2f} thumbs-up on held-out prompts {base['ci95']}", flush=True)
-        children.append(_spawn(["scheduler"], env, data / "logs" / "scheduler.log"))
+        # One compute thread for training: beside vLLM's busy cores, torch's OpenMP threads
+        # wait on each other at every barrier (measured: 7 steps/s alone, 0.06 beside vLLM).
+        children.append(_spawn(["scheduler"], env | {"OMP_NUM_THREADS": "1"}, data / "logs" / "scheduler.log"))
         summary = _loop(args, url, taste, base)
     finally:
         for child in reversed(children):  # scheduler first: a run killed midway is cleaned up next time
@@ -145,7 +148,9 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
                     if champion_heldout["rate"] >= args.target and champion_heldout["rated"] >= args.heldout_n:
                         reached_at = now
             _progress(now, users, admin)
-            if reached_at is not None or (args.scenario == "taste-change" and
+            promoted = len(generations) - 1
+            if reached_at is not None or (args.generations and promoted >= args.generations) or \
+                    (args.scenario == "taste-change" and
                                           any(ev["action"] == "rolled_back" for ev in events)):
                 break
     except KeyboardInterrupt:
