@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         # wait on each other at every barrier (measured: 7 steps/s alone, 0.06 beside vLLM).
         children.append(_spawn(["scheduler"], env | {"OMP_NUM_THREADS": "1"}, data / "logs" / "scheduler.log"))
         summary = _loop(args, url, taste, base)
+        summary["candidates"] = _candidates(data)
     finally:
         for child in reversed(children):  # scheduler first: a run killed midway is cleaned up next time
             child.send_signal(signal.SIGTERM)
@@ -184,6 +185,22 @@ def _progress(now: float, users: Population, admin: httpx.Client) -> None:
                  f"{stats.get('threshold', 0):.1f}")
     print(f"[{now / 60:5.1f} min] {users.requests} requests, {len(users.failures)} failed | thumbs-up last 60 s: "
           f"{', '.join(arms.values()) or '-'} | {phase}", flush=True)
+
+
+def _candidates(data: Path) -> list[dict]:
+    """Every version the trainer made, with the gate's verdict and where it ended."""
+    from sqlalchemy import select
+
+    from adapters.db import make_engine, make_sessionmaker
+    from adapters.schema import AdapterVersion
+
+    engine = make_engine(f"sqlite:///{data / 'loraloop.db'}")
+    with make_sessionmaker(engine)() as session:
+        rows = [{"version": v.name, "state": v.state.value, **{f"gate_{k}": (v.eval_report or {}).get(k)
+                                                                for k in ("passed", "reasons", "metrics")}}
+                for v in session.scalars(select(AdapterVersion).order_by(AdapterVersion.created_at))]
+    engine.dispose()
+    return rows
 
 
 def _interrupt(signum: int, _frame: object) -> None:

@@ -1,0 +1,72 @@
+"""Issue 7's acceptance, measured by the demo itself: for each built-in single-axis persona
+and a custom judge, does the promoted champion reach 0.85 thumbs-up on held-out prompts
+within 15 minutes, with zero failed requests? And does the taste-change scenario roll back?
+
+    python bench/demo_loop.py [--runs formal,short,...] [--minutes 15]
+
+Each run is a full `loraloop demo` (its own data dir; the demo model is shared). Wall time
+counts from the command's start (gateway and vLLM start-up and the base measurement
+included); "to target" from the simulated users' first request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RUNS = {
+    "formal": ["--persona", "formal"],
+    "short": ["--persona", "short"],
+    "question": ["--persona", "question"],
+    "no-name": ["--persona", "no-name"],
+    "custom judge": ["--judge", "bench.tastes:formal_short_or_casual_question"],
+    "taste change": ["--persona", "formal", "--scenario", "taste-change"],
+}
+
+
+def run(name: str, extra: list[str], minutes: float, root: Path) -> dict:
+    out = root / name.replace(" ", "-")
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "demo.run", *extra, "--minutes", str(minutes), "--data-dir",
+                    str(out / "data"), "--out", str(out / "report")], check=True,
+                   stdout=open(out.with_suffix(".log"), "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    summary["wall_minutes"] = round((time.monotonic() - started) / 60, 2)
+    return summary
+
+
+def row(name: str, s: dict) -> str:
+    base, champ = s["base_heldout"], s["champion_heldout"]
+    actions = [e["action"] for e in s["events"]]
+    return (f"| {name} | {base['rate']:.2f} {tuple(base['ci95'])} | {champ['rate']:.2f} {tuple(champ['ci95'])} "
+            f"(n={champ['rated']}) | {len(s['generations']) - 1} | {actions.count('rolled_back')} | "
+            f"{s['minutes_to_target'] if s['minutes_to_target'] is not None else '-'} | {s['wall_minutes']} | "
+            f"{s['requests']} | {s['failed_requests']} | {len(s['candidates'])} "
+            f"({sum(not c['gate_passed'] for c in s['candidates'])} refused by the gate) |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default=",".join(RUNS), help="comma-separated names from: " + ", ".join(RUNS))
+    p.add_argument("--minutes", type=float, default=15)
+    p.add_argument("--out", type=Path, help="where each run's data and report go (default: a temp folder)")
+    args = p.parse_args()
+    root = args.out or Path(tempfile.mkdtemp(prefix="loraloop-demo-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    print("| run | base held-out (95% CI) | champion held-out | generations | rollbacks | minutes to target | "
+          "wall minutes | requests | failed | candidates |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.runs.split(","):
+        print(row(name, run(name, RUNS[name], args.minutes, root)), flush=True)
+    print(f"(reports under {root})")
+
+
+if __name__ == "__main__":
+    main()
