@@ -54,6 +54,7 @@ class Population:
     concurrency: int = 6
     seed: int = 0
     max_tokens: int = 64
+    regenerate: float = 0.0  # chance that a user who disliked an answer asks again (a DPO pair)
     rated: list[Rated] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     requests: int = 0
@@ -82,24 +83,34 @@ class Population:
         while not self._stop.is_set():
             user = f"user-{rng.randrange(self.users)}"
             text = prompt(rng)
-            try:
-                raw = client.chat.completions.with_raw_response.create(
-                    model="default", user=user, messages=[{"role": "user", "content": text}],
-                    max_tokens=self.max_tokens, temperature=1.0)
-                answer = raw.parse()
-                liked = self.persona.likes(text, answer.choices[0].message.content or "")
-                client.post("/feedback", cast_to=object,
-                            body={"id": answer.id, "rating": "up" if liked else "down", "user": user})
-            except openai.OpenAIError as exc:  # every failure is counted: the demo promises none
-                with self._lock:
-                    self.requests += 1
-                    self.failures.append(f"{type(exc).__name__}: {exc}"[:300])
-                continue
+            liked, regenerates = self._ask(client, user, text, None)
+            # a user who disliked the answer may press "regenerate": the app sends the same
+            # prompt again, linked to the disliked answer (trainer.data makes it a DPO pair)
+            if liked is False and regenerates and rng.random() < self.regenerate:
+                self._ask(client, user, text, regenerates)
+
+    def _ask(self, client: openai.OpenAI, user: str, text: str, regenerates: str | None) -> tuple[bool | None, str]:
+        """Asks, reads, rates; (liked, answer id), liked None when the request failed."""
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model="default", user=user, messages=[{"role": "user", "content": text}],
+                max_tokens=self.max_tokens, temperature=1.0,
+                extra_body={"regenerates": regenerates} if regenerates else None)
+            answer = raw.parse()
+            liked = self.persona.likes(text, answer.choices[0].message.content or "")
+            client.post("/feedback", cast_to=object,
+                        body={"id": answer.id, "rating": "up" if liked else "down", "user": user})
+        except openai.OpenAIError as exc:  # every failure is counted: the demo promises none
             with self._lock:
                 self.requests += 1
-                self.rated.append(Rated(time.monotonic() - self.started,
-                                        raw.headers.get("x-loraloop-adapter-version") or "base",
-                                        raw.headers.get("x-loraloop-arm") or "champion", liked))
+                self.failures.append(f"{type(exc).__name__}: {exc}"[:300])
+            return None, ""
+        with self._lock:
+            self.requests += 1
+            self.rated.append(Rated(time.monotonic() - self.started,
+                                    raw.headers.get("x-loraloop-adapter-version") or "base",
+                                    raw.headers.get("x-loraloop-arm") or "champion", liked))
+        return liked, answer.id
 
     def switch(self, persona: Persona) -> None:
         """The users' taste changes (the scripted scenario); the system is not told."""

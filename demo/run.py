@@ -48,6 +48,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-n", type=int, default=300, help="held-out answers rated per measurement")
     p.add_argument("--users", type=int, default=40, help="end users (ids)")
     p.add_argument("--concurrency", type=int, default=6, help="users talking at once")
+    p.add_argument("--regenerate", type=float, default=0.0,
+                   help="chance a user asks again after a disliked answer (regeneration pairs for DPO)")
     p.add_argument("--method", default="sft", help="training method of the scheduled runs (loraloop train)")
     p.add_argument("--steps", type=int, default=120, help="steps per training run")
     p.add_argument("--train-every", type=int, default=200, help="new ratings that trigger a training run")
@@ -108,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dict:
-    users = Population(url, taste, users=args.users, concurrency=args.concurrency, seed=args.seed)
+    users = Population(url, taste, users=args.users, concurrency=args.concurrency, seed=args.seed,
+                       regenerate=args.regenerate)
     users.start()
     admin = httpx.Client(base_url=url, timeout=30)
     events: list[dict] = []

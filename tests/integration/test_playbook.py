@@ -180,6 +180,9 @@ def test_grpo_raises_the_learned_reward_within_the_kl_budget(store: Path, reward
     base = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32).eval()
     policy = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32),
                                        result.adapter_dir).eval()
+    with policy.disable_adapter():  # the adapter moved, the base under it did not
+        assert torch.equal(logits(policy, tokenizer), logits(base, tokenizer))
+    assert not torch.allclose(logits(policy, tokenizer), logits(base, tokenizer))
     prompts = heldout_prompts(24)
 
     def mean_reward(model) -> float:  # type: ignore[no-untyped-def]
