@@ -67,8 +67,9 @@ def write(out: Path, summary: dict, rated: list[Rated], events: list[dict]) -> t
     base = summary["base_heldout"]
     ax.axhline(base["rate"], color="black", linestyle=":", linewidth=1, label=f"base, held-out ({base['rate']:.2f})")
     ax.axhline(summary["target"], color="green", linestyle=":", linewidth=1, label=f"target {summary['target']}")
+    tastes = [summary["persona"]] + [e["version"] for e in events if e["action"] == "taste_changed"]
     ax.set(xlabel="minutes", ylabel="thumbs-up rate (live traffic, 30 s windows)", ylim=(0, 1.1),
-           title=f"persona {summary['persona']}, method {summary['method']}: "
+           title=f"persona {' then '.join(tastes)}, method {summary['method']}: "
                  f"champion held-out {summary['champion_heldout']['rate']}")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
