@@ -23,7 +23,7 @@ def wilson(liked: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def rate(liked: int, n: int) -> dict[str, Any]:
-    return {"liked": liked, "rated": n, "rate": round(liked / n, 4) if n else None, "ci95": wilson(liked, n)}
+    return {"liked": liked, "rated": n, "rate": round(liked / n, 4) if n else None, "ci95": list(wilson(liked, n))}
 
 
 def live_rates(rated: list[Rated]) -> dict[str, dict]:
