@@ -239,9 +239,11 @@ def evaluate(base_model: str, adapter_dir: Path, heldout_pairs: list[dict], held
                        f"(limit {cfg.max_implausible_share:.0%}): degenerate output")
     if metrics["repetition"] > cfg.max_repetition:
         reasons.append(f"repetition {metrics['repetition']:.2f} > {cfg.max_repetition}")
-    metrics["perplexity_ratio"] = perplexity_ratio(
-        model, tokenizer, reference or base_answers(model, tokenizer, heldout_prompts, cfg))
-    if not metrics["perplexity_ratio"] <= cfg.max_perplexity_ratio:
+    # chat prompts only: a plain-text prompt (the completions API) has no turns to mask by
+    reference = reference or base_answers(model, tokenizer, [p for p in heldout_prompts if isinstance(p, list)], cfg)
+    if reference:
+        metrics["perplexity_ratio"] = perplexity_ratio(model, tokenizer, reference)
+    if reference and not metrics["perplexity_ratio"] <= cfg.max_perplexity_ratio:
         reasons.append(f"perplexity on reference conversations {metrics['perplexity_ratio']:.2f}x the base's "
                        f"(limit {cfg.max_perplexity_ratio}x): the adapter forgets what the base could do")
     if reward_model is not None:
