@@ -124,7 +124,8 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
         while time.monotonic() < deadline:
             time.sleep(5)
             now = time.monotonic() - users.started
-            for e in reversed(admin.get("/admin/experiments").json()["data"]):  # oldest first
+            experiments = admin.get("/admin/experiments").json()["data"]
+            for e in reversed(experiments):  # oldest first
                 if seen.get(e["id"]) == e["status"]:
                     continue
                 seen[e["id"]] = e["status"]
@@ -151,7 +152,7 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
                           flush=True)
                     if champion_heldout["rate"] >= args.target and champion_heldout["rated"] >= args.heldout_n:
                         reached_at = now
-            _progress(now, users, admin)
+            _progress(now, users, experiments)
             promoted = len(generations) - 1
             if reached_at is not None or (args.generations and promoted >= args.generations) or \
                     (args.scenario == "taste-change" and
@@ -173,14 +174,14 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
     }
 
 
-def _progress(now: float, users: Population, admin: httpx.Client) -> None:
+def _progress(now: float, users: Population, experiments: list[dict]) -> None:
     recent = [r for r in users.rated if r.at > now - 60]
     arms = {}
     for arm in ("champion", "canary"):
         mine = [r for r in recent if r.arm == arm]
         if mine:
             arms[arm] = f"{arm} {sum(r.liked for r in mine) / len(mine):.2f} ({len(mine)})"
-    running = [e for e in admin.get("/admin/experiments").json()["data"] if e["status"] == "running"]
+    running = [e for e in experiments if e["status"] == "running"]
     phase = "collecting feedback / training"
     if running:
         stats = running[0].get("stats") or {}

@@ -28,6 +28,8 @@ import logging
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -291,22 +293,18 @@ def reward_model_for(cfg: TrainConfig, db_url: str, base_model: str) -> Path | N
         return Path(version.path)
 
 
-def _session(db_url: str):  # type: ignore[no-untyped-def]
-    from contextlib import contextmanager
-
+@contextmanager
+def _session(db_url: str) -> Iterator[Any]:
+    """A transaction on an upgraded database, its engine disposed afterwards."""
     from adapters.db import make_engine, make_sessionmaker, upgrade
 
-    @contextmanager
-    def scope():  # type: ignore[no-untyped-def]
-        engine = make_engine(db_url)
-        upgrade(engine)
-        try:
-            with make_sessionmaker(engine).begin() as session:
-                yield session
-        finally:
-            engine.dispose()
-
-    return scope()
+    engine = make_engine(db_url)
+    upgrade(engine)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def judge(cfg: TrainConfig, base_model: str, adapter: Path, data: dict[str, list[dict]], prompts: list,
