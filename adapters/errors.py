@@ -11,6 +11,7 @@
     ├── AuthError
     │   ├── Unauthenticated        missing, unknown or revoked API key
     │   └── Forbidden              a valid key without the scope for this route
+    ├── RateLimited                a key over its requests per minute
     ├── LogQueueFull               the interaction log is full and set to refuse new work
     └── UpstreamError
         ├── NoHealthyUpstream      every vLLM replica is down or refused
@@ -68,6 +69,12 @@ class Unauthenticated(AuthError):
 
 class Forbidden(AuthError):
     pass
+
+
+class RateLimited(LoraloopError):
+    def __init__(self, message: str, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class LogQueueFull(LoraloopError):

@@ -9,6 +9,7 @@ Experiments (canary vs champion) live in adapters/experiments.py, on top of this
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from adapters import store
+from adapters import integrity, store
 from adapters.errors import AdapterNotFound, InvalidAdapter, InvalidTransition
 from adapters.schema import AdapterEvent, AdapterState, AdapterVersion, Alias, Experiment, utcnow
 
@@ -49,22 +50,30 @@ class RoutingSnapshot:
     aliases: dict[str, str | None]  # alias -> champion version name
     splits: dict[str, Split] = field(default_factory=dict)  # alias -> its running experiment
     retired: frozenset[str] = frozenset()  # servable only when pinned; unloaded from replicas
+    owners: dict[str, str] = field(default_factory=dict)  # version or alias -> the only tenant that sees it
 
 
 def register(session: Session, src: Path, store_root: Path, base_model: str, *,
              prefix: str = "adapter", state: AdapterState = S.candidate,
-             max_rank: int | None = None, kind: str = "policy") -> AdapterVersion:
-    """Publishes an adapter folder to the store and records it (idempotent by content)."""
+             limits: integrity.Limits | None = None, kind: str = "policy",
+             tenant: str | None = None) -> AdapterVersion:
+    """Publishes an adapter folder to the store and records it (idempotent by content), after
+    `integrity` found nothing wrong with it. Without the base model's config in `limits`, it is
+    looked up by `base_model` (a local folder or the Hugging Face cache). With `tenant`, only
+    that tenant's keys see and call it, and only that tenant's aliases may route to it."""
     if not NAME_RE.match(prefix):
         raise InvalidAdapter(f"adapter name prefix {prefix!r} must match {NAME_RE.pattern}")
-    config = store.read_config(src)
-    if max_rank is not None and int(config.get("r", 0)) > max_rank:
-        raise InvalidAdapter(f"adapter rank {config.get('r')} exceeds the engine's max LoRA rank {max_rank}")
+    limits = limits or integrity.Limits()
+    if limits.base_config is None:
+        limits = dataclasses.replace(limits, base_config=integrity.base_model_config(base_model))
+    if found := integrity.problems(src, limits):
+        raise InvalidAdapter(f"{src} is refused: " + "; ".join(found))
     name, path, sha = store.publish(src, store_root, prefix)
     existing = session.get(AdapterVersion, name)
     if existing is not None:
         return existing
-    version = AdapterVersion(name=name, base_model=base_model, path=str(path), sha256=sha, state=state, kind=kind)
+    version = AdapterVersion(name=name, base_model=base_model, path=str(path), sha256=sha, state=state, kind=kind,
+                             tenant=tenant)
     session.add(version)
     session.flush()
     return version
@@ -83,6 +92,12 @@ def transition(session: Session, name: str, new: AdapterState, *, actor: str = "
     if version.kind != "policy" and new in (S.canary, S.champion):
         raise InvalidTransition(f"{name} is a {version.kind} model (the gate's judge and PPO's reward), "
                                 "not a chat adapter: it cannot serve users")
+    if alias is not None and new in (S.canary, S.champion) and version.tenant is not None:
+        owner = alias_tenant(session, alias)
+        if owner != version.tenant:
+            raise InvalidTransition(f"{name} belongs to tenant {version.tenant!r}; alias {alias!r} is "
+                                    + (f"tenant {owner!r}'s" if owner else "shared by every tenant")
+                                    + ": its users must not get another tenant's adapter")
     audit(session, "transition", actor, reason, version=name, alias=alias, numbers=numbers,
           from_state=version.state.value, to_state=new.value)
     version.state = new
@@ -106,9 +121,10 @@ def human_verdicts(session: Session, name: str) -> dict[str, int]:
     return tally
 
 
-def lock_alias(session: Session, alias: str, create: bool = False) -> Alias:
+def lock_alias(session: Session, alias: str, create: bool = False, tenant: str | None = None) -> Alias:
     """The alias row, locked for this transaction. Call it first: the touch is a write, so
-    SQLite takes its write lock here rather than failing a later upgrade from a stale read."""
+    SQLite takes its write lock here rather than failing a later upgrade from a stale read.
+    A new alias belongs to `tenant` (None: shared by every tenant)."""
     if not NAME_RE.match(alias):
         raise InvalidAdapter(f"alias {alias!r} must match {NAME_RE.pattern}")
     session.execute(update(Alias).where(Alias.name == alias).values(updated_at=utcnow()))
@@ -116,17 +132,25 @@ def lock_alias(session: Session, alias: str, create: bool = False) -> Alias:
     if row is None:
         if not create:
             raise AdapterNotFound(f"alias {alias!r} does not exist")
-        row = Alias(name=alias)
+        row = Alias(name=alias, tenant=tenant)
         session.add(row)
         session.flush()
     return row
 
 
+def alias_tenant(session: Session, alias: str) -> str | None:
+    """The tenant that owns `alias`; None for a shared (or unknown) alias."""
+    return session.scalar(select(Alias.tenant).where(Alias.name == alias))
+
+
 def set_champion(session: Session, alias: str, name: str, *, actor: str = "system", reason: str = "",
-                 numbers: dict | None = None) -> None:
+                 numbers: dict | None = None, tenant: str | None = None) -> None:
     """Points `alias` at version `name`, retiring the alias's previous champion (which
-    `rollback_champion` can bring back)."""
-    row = lock_alias(session, alias, create=True)
+    `rollback_champion` can bring back). A new alias is created for `tenant`."""
+    row = lock_alias(session, alias, create=True, tenant=tenant)
+    if tenant is not None and row.tenant != tenant:
+        raise InvalidTransition(f"alias {alias!r} exists and is "
+                                + (f"tenant {row.tenant!r}'s" if row.tenant else "shared by every tenant"))
     previous = row.champion
     if previous == name:
         return
@@ -161,10 +185,12 @@ def snapshot(session: Session) -> RoutingSnapshot:
     rows = list(session.scalars(select(AdapterVersion)))
     versions = {v.name: v.path for v in rows if v.state.servable and v.kind == "policy"}
     retired = frozenset(v.name for v in rows if v.state == S.retired)
-    aliases = {a.name: a.champion for a in session.scalars(select(Alias))}
+    alias_rows = list(session.scalars(select(Alias)))
+    aliases = {a.name: a.champion for a in alias_rows}
     splits = {e.alias: Split(e.id, e.canary, e.canary_share)
               for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}
-    return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits, retired=retired)
+    owners = {row.name: row.tenant for row in [*rows, *alias_rows] if row.tenant is not None}
+    return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits, retired=retired, owners=owners)
 
 
 def newest(session: Session, *, kind: str, base_model: str) -> AdapterVersion | None:

@@ -72,6 +72,8 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # False: this key's prompts and answers are not stored, so they never train anything.
     log_prompts: Mapped[bool] = mapped_column(Boolean, default=True)
+    # requests per minute; None: the gateway's LORALOOP_RATE_LIMIT_RPM, 0: unlimited
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AdapterVersion(Base):
@@ -87,6 +89,8 @@ class AdapterVersion(Base):
     # "policy": a chat adapter routing can send users to; "reward": a reward model (the
     # gate's judge and PPO's reward), stored and judged like the others but never served.
     kind: Mapped[str] = mapped_column(String(16), default="policy", server_default="policy")
+    # only this tenant's keys may see and call it; None: every tenant
+    tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
@@ -104,6 +108,7 @@ class Alias(Base):
     champion: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"), nullable=True)
     # the champion before this one: where `rollback` goes
     previous_champion: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"), nullable=True)
+    tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)  # None: every tenant's
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
 

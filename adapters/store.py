@@ -8,29 +8,12 @@ same weights always get the same name and different weights never share one.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
-from adapters.errors import InvalidAdapter
-
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-def read_config(src: Path) -> dict:
-    """The adapter's PEFT config, after checking the folder holds a LoRA adapter."""
-    for filename in ADAPTER_FILES:
-        if not (src / filename).is_file():
-            raise InvalidAdapter(f"{src} has no {filename}: not a PEFT adapter folder")
-    try:
-        config = json.loads((src / "adapter_config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidAdapter(f"{src}/adapter_config.json is not valid JSON: {exc}") from exc
-    if config.get("peft_type") != "LORA":
-        raise InvalidAdapter(f"{src} is a {config.get('peft_type')!r} adapter; only LORA is served")
-    return config
 
 
 def content_hash(src: Path) -> str:
@@ -44,8 +27,8 @@ def content_hash(src: Path) -> str:
 
 
 def publish(src: Path, store_root: Path, prefix: str = "adapter") -> tuple[str, Path, str]:
-    """Copies an adapter into the store; returns (version name, its folder, content hash)."""
-    read_config(src)
+    """Copies an adapter (checked by adapters/integrity.py first) into the store; returns
+    (version name, its folder, content hash)."""
     sha = content_hash(src)
     name = f"{prefix}-{sha[:12]}"
     target = store_root / name

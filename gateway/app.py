@@ -33,6 +33,7 @@ from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.openai_api.proxy import Forwarder
 from gateway.openai_api.router import router as openai_router
 from gateway.openapi import install as install_openapi
+from gateway.rate_limit import RateLimiter
 from gateway.routing import Router
 from gateway.settings import Settings
 from gateway.state import GatewayState
@@ -56,7 +57,8 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
         async with httpx.AsyncClient(transport=transport, timeout=timeout, limits=limits) as client:
             fleet = Fleet(settings.upstreams, client)
             router = Router(sessions, settings.served_model_name, ready=fleet.holds)
-            auth = Authenticator(None if settings.auth == "none" else sessions, settings.auth_cache_ttl_s)
+            auth = Authenticator(None if settings.auth == "none" else sessions, settings.auth_cache_ttl_s,
+                                 RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst_s))
             log = InteractionLog(sessions, settings.log_queue_size, settings.log_overflow, metrics)
             state = GatewayState(settings, engine, sessions, client, fleet, router, auth,
                                  Forwarder(fleet, client, log, metrics), log,

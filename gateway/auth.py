@@ -1,6 +1,7 @@
 """API keys: created and revoked with the CLI, stored as SHA-256 hashes, checked per request.
 
-Checks hit an in-memory cache; a revoked key stops working within `auth_cache_ttl_s`.
+Checks hit an in-memory cache; a revoked key stops working within `auth_cache_ttl_s`. Every
+authenticated request is charged to its key's rate limit (gateway/rate_limit.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.errors import Forbidden, NotFound, Unauthenticated
 from adapters.schema import ApiKey, Scope, utcnow
+from gateway.rate_limit import RateLimiter
 
 KEY_PREFIX = "ll-"
 
@@ -29,6 +31,7 @@ class Principal:
     scope: Scope
     tenant: str
     log_prompts: bool = True
+    rate_limit_rpm: int | None = None  # None: the gateway's default
 
 
 DEV_PRINCIPAL = Principal(None, "development", Scope.admin, "default")
@@ -39,11 +42,11 @@ def hash_key(key: str) -> str:
 
 
 def create_key(session: Session, name: str, scope: Scope, tenant: str = "default",
-               log_prompts: bool = True) -> tuple[str, ApiKey]:
+               log_prompts: bool = True, rate_limit_rpm: int | None = None) -> tuple[str, ApiKey]:
     """Makes a key; returns the plaintext (shown once, never stored) and its row."""
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(name=name, key_hash=hash_key(plaintext), prefix=plaintext[:10], scope=scope,
-                 tenant=tenant, log_prompts=log_prompts)
+                 tenant=tenant, log_prompts=log_prompts, rate_limit_rpm=rate_limit_rpm)
     session.add(row)
     session.flush()
     return plaintext, row
@@ -63,9 +66,11 @@ def list_keys(session: Session) -> list[ApiKey]:
 
 
 class Authenticator:
-    def __init__(self, sessions: sessionmaker | None, cache_ttl_s: float):
+    def __init__(self, sessions: sessionmaker | None, cache_ttl_s: float,
+                 limiter: RateLimiter | None = None):
         self.sessions = sessions  # None: development mode, every caller is an admin
         self.cache_ttl_s = cache_ttl_s
+        self.limiter = limiter or RateLimiter(0, 10)
         self._cache: dict[str, tuple[Principal | None, float]] = {}
 
     def _lookup(self, key_hash: str) -> Principal | None:
@@ -74,7 +79,7 @@ class Authenticator:
             row = session.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
         if row is None or row.revoked_at is not None:
             return None
-        return Principal(row.id, row.name, row.scope, row.tenant, row.log_prompts)
+        return Principal(row.id, row.name, row.scope, row.tenant, row.log_prompts, row.rate_limit_rpm)
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if self.sessions is None:
@@ -93,6 +98,7 @@ class Authenticator:
             self._cache[key_hash] = (principal, now + self.cache_ttl_s)
         if principal is None:
             raise Unauthenticated("Invalid or revoked API key.")
+        self.limiter.charge(principal.key_id, principal.rate_limit_rpm)
         return principal
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from adapters import registry
+from adapters import integrity, registry
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.errors import LoraloopError
 from adapters.schema import AdapterState, Scope
@@ -87,9 +87,10 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
     with sessions.begin() as session:
         if args.action == "create":
             plaintext, row = auth.create_key(session, args.name, Scope(args.scope), args.tenant,
-                                             log_prompts=args.log_prompts)
-            print(json.dumps({"id": row.id, "name": row.name, "scope": row.scope.value,
-                              "tenant": row.tenant, "log_prompts": row.log_prompts, "key": plaintext}))
+                                             log_prompts=args.log_prompts, rate_limit_rpm=args.rate_limit)
+            print(json.dumps({"id": row.id, "name": row.name, "scope": row.scope.value, "tenant": row.tenant,
+                              "log_prompts": row.log_prompts, "rate_limit_rpm": row.rate_limit_rpm,
+                              "key": plaintext}))
             print("store this key now: it is not shown again", file=sys.stderr)
         elif args.action == "revoke":
             row = auth.revoke_key(session, args.id)
@@ -98,7 +99,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> None:
             for row in auth.list_keys(session):
                 print(json.dumps({"id": row.id, "name": row.name, "prefix": row.prefix,
                                   "scope": row.scope.value, "tenant": row.tenant,
-                                  "log_prompts": row.log_prompts, "revoked": row.revoked_at is not None}))
+                                  "log_prompts": row.log_prompts, "rate_limit_rpm": row.rate_limit_rpm,
+                                  "revoked": row.revoked_at is not None}))
 
 
 def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
@@ -107,12 +109,15 @@ def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
         if args.action not in ("add", "list"):
             rollout_cli.print_json(rollout_cli.adapters(session, settings, args))
         elif args.action == "add":
+            # approved without the gate, but never without the integrity checks against the base
+            base = integrity.base_model_config(settings.base_model or str(build_demo_model(settings)))
+            limits = integrity.Limits(settings.engine.max_lora_rank, base_config=base)
             version = registry.register(
                 session, Path(args.path), settings.adapter_store, settings.base_model or DEMO_MODEL_NAME,
-                prefix=args.prefix, max_rank=settings.engine.max_lora_rank, state=AdapterState.approved)
+                prefix=args.prefix, limits=limits, state=AdapterState.approved, tenant=args.tenant)
             if args.alias:
                 registry.set_champion(session, args.alias, version.name, actor=rollout_cli.actor(),
-                                      reason="adapters add --approve --alias")
+                                      reason="adapters add --approve --alias", tenant=args.tenant)
             print(json.dumps({"name": version.name, "state": version.state.value, "path": version.path}))
         else:
             for v in registry.list_versions(session):
@@ -121,7 +126,8 @@ def cmd_adapters(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_aliases(settings: Settings, args: argparse.Namespace) -> None:
     with sessions_for(settings).begin() as session:
-        registry.set_champion(session, args.alias, args.version, actor=rollout_cli.actor(), reason="aliases set")
+        registry.set_champion(session, args.alias, args.version, actor=rollout_cli.actor(), reason="aliases set",
+                              tenant=args.tenant)
     print(json.dumps({"alias": args.alias, "champion": args.version}))
 
 
@@ -142,6 +148,8 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", default="default")
     create.add_argument("--no-log-prompts", dest="log_prompts", action="store_false",
                         help="store no prompts or answers of this key's calls (they never train)")
+    create.add_argument("--rate-limit", type=int, metavar="RPM",
+                        help="requests per minute for this key (0: unlimited; default: LORALOOP_RATE_LIMIT_RPM)")
     keys_sub.add_parser("revoke").add_argument("id", type=int)
     keys_sub.add_parser("list")
     adapters = sub.add_parser("adapters", help="adapter versions")
@@ -153,6 +161,7 @@ def parser() -> argparse.ArgumentParser:
                      help="operator approval: servable at once, WITHOUT the eval gate (for adapters "
                           "evaluated elsewhere); default: the gate decides")
     add.add_argument("--alias", help="also make it this alias's champion (if approved)")
+    add.add_argument("--tenant", help="only this tenant's keys may see and call it (default: every tenant)")
     ad_sub.add_parser("list")
     rollout_cli.add_adapter_commands(ad_sub)
     rollout_cli.add_experiment_commands(sub)
@@ -161,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
     set_ = al_sub.add_parser("set")
     set_.add_argument("alias")
     set_.add_argument("version")
+    set_.add_argument("--tenant", help="a new alias belongs to this tenant only (default: shared)")
     sub.add_parser("data", help="export|report|purge training data from feedback (see: loraloop data -h)")
     sub.add_parser("train", help="train a candidate: dpo, kto, sft, reward model, grpo (see: loraloop train -h)")
     sub.add_parser("scheduler", help="scheduled training (see: loraloop scheduler -h)")

@@ -23,6 +23,7 @@ MAPPING: list[tuple[type[Exception], int, str, str | None]] = [
     (e.Forbidden, 403, "permission_error", "insufficient_scope"),
     (e.ModelNotFound, 404, "invalid_request_error", "model_not_found"),
     (e.NotFound, 404, "not_found_error", "not_found"),
+    (e.RateLimited, 429, "requests", "rate_limit_exceeded"),  # OpenAI's own type for request limits
     (e.RequestTooLarge, 413, "invalid_request_error", "request_too_large"),
     (e.InvalidRequest, 400, "invalid_request_error", "invalid_request"),
     (e.InvalidAdapter, 400, "invalid_request_error", "invalid_adapter"),
@@ -46,6 +47,8 @@ def error_response(exc: Exception, retry_after_s: int = 5) -> JSONResponse:
             headers = {"Retry-After": str(retry_after_s)} if status == 503 else None
             if status == 401:
                 headers = {"WWW-Authenticate": "Bearer"}
+            if isinstance(exc, e.RateLimited):
+                headers = {"Retry-After": str(exc.retry_after_s)}
             return JSONResponse(error_body(exc.message, type_, code, exc.param), status, headers)
     if isinstance(exc, DataError):  # e.g. a NUL character, which PostgreSQL cannot store
         message = "A value in the request cannot be stored (for example a NUL character)."

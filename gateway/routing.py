@@ -9,6 +9,9 @@
                                   the rest the champion; requests without a user id are
                                   assigned at random. Not before a replica holds the canary.
 
+Versions and aliases that belong to one tenant exist only for that tenant's keys: for any
+other key they are a 404, exactly like names that do not exist, and /v1/models omits them.
+
 The table is a snapshot of the registry, refreshed in the background and once more on a
 miss, so a version registered a moment ago is routable at once.
 """
@@ -66,17 +69,22 @@ class Router:
             self.table, self._applied = table, ticket
             self._loaded_at = time.monotonic()
 
-    async def resolve(self, model: str, user: str = "") -> Route:
-        route = self._lookup(model, user)
+    async def resolve(self, model: str, user: str = "", tenant: str = "default") -> Route:
+        route = self._lookup(model, user, tenant)
         if route is None and time.monotonic() - self._loaded_at > self.miss_refresh_s:
             await self.refresh()
-            route = self._lookup(model, user)
+            route = self._lookup(model, user, tenant)
         if route is None:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
         return route
 
-    def _lookup(self, model: str, user: str) -> Route | None:
+    def visible(self, name: str, tenant: str) -> bool:
+        return self.table.owners.get(name, tenant) == tenant
+
+    def _lookup(self, model: str, user: str, tenant: str) -> Route | None:
+        if not self.visible(model, tenant):
+            return None
         if model == self.base_model:
             return Route(self.base_model, None, None, None, "base")
         path = self.table.versions.get(model)
@@ -100,11 +108,12 @@ class Router:
         names = {c for c in t.aliases.values() if c} | {s.canary for s in t.splits.values()}
         return {n: t.versions[n] for n in names if n in t.versions}
 
-    def model_ids(self) -> list[tuple[str, str]]:
-        """(id, kind) of everything apps may name in `model`."""
-        return ([(self.base_model, "base")]
-                + [(name, "adapter") for name in sorted(self.table.versions)]
-                + [(alias, "alias") for alias in sorted(self.table.aliases)])
+    def model_ids(self, tenant: str) -> list[tuple[str, str]]:
+        """(id, kind) of everything this tenant's apps may name in `model`."""
+        return [(name, kind) for name, kind in (
+            [(self.base_model, "base")]
+            + [(name, "adapter") for name in sorted(self.table.versions)]
+            + [(alias, "alias") for alias in sorted(self.table.aliases)]) if self.visible(name, tenant)]
 
 
 def in_canary(split: registry.Split, user: str) -> bool:

@@ -75,6 +75,8 @@ class Settings(StoreSettings):
     retry_after_s: int = Field(5, description="Retry-After sent with 503 when no upstream is up.")
     registry_refresh_s: float = Field(2.0, description="How stale the routing table may get.")
     auth_cache_ttl_s: float = Field(5.0, description="How long a revoked key may still pass.")
+    rate_limit_rpm: int = Field(0, description="Requests per minute per key (0: unlimited); keys may override.")
+    rate_limit_burst_s: float = Field(10.0, description="A key may burst this many seconds of its rate.")
 
     log_queue_size: int = Field(10_000, description="Interactions waiting to be written, at most.")
     log_overflow: Literal["drop", "reject"] = Field(

@@ -1,7 +1,7 @@
 """Admit an adapter trained elsewhere: register it as a candidate and put it through the
 same eval gate as loraloop's own runs.
 
-    python -m trainer.admit PATH [--prefix NAME] [--alias ALIAS]   (also: loraloop adapters add)
+    python -m trainer.admit PATH [--prefix NAME] [--alias ALIAS] [--tenant T]   (also: loraloop adapters add)
 
 The gate needs prompts the adapter is judged on: the feedback store's held-out pairs and
 prompts; with an empty store and the demo base model, prompts from the demo domain. Exit
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from adapters import registry
+from adapters import integrity, registry
+from adapters.errors import InvalidAdapter
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.schema import AdapterState, Interaction
 from adapters.settings import DEMO_MODEL_NAME, StoreSettings
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("path")
     parser.add_argument("--prefix", default="adapter")
     parser.add_argument("--alias")
+    parser.add_argument("--tenant", help="only this tenant's keys may see and call it (default: every tenant)")
     parser.add_argument("--max-lora-rank", type=int, default=16, help="the engine's --max-lora-rank")
     args = parser.parse_args(argv)
 
@@ -60,10 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     engine = make_engine(settings.db_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
-    with sessions.begin() as session:
-        version = registry.register(session, Path(args.path), settings.adapter_store,
-                                    settings.base_model or DEMO_MODEL_NAME, prefix=args.prefix)
-        name, path, state = version.name, Path(version.path), version.state
+    try:
+        with sessions.begin() as session:
+            version = registry.register(session, Path(args.path), settings.adapter_store,
+                                        settings.base_model or DEMO_MODEL_NAME, prefix=args.prefix,
+                                        limits=integrity.Limits(args.max_lora_rank,
+                                                                base_config=integrity.base_model_config(base_model)),
+                                        tenant=args.tenant)
+            name, path, state = version.name, Path(version.path), version.state
+    except InvalidAdapter as exc:  # refused before it became a version: nothing recorded
+        sys.exit(f"error: {exc.message}")
     if state != AdapterState.candidate:
         print(json.dumps({"name": name, "state": state.value, "note": "already registered"}))
         return 0
@@ -75,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         version = registry.transition(session, name, AdapterState.approved if report.passed else AdapterState.rejected)
         version.eval_report = json.loads(report.to_json())
         if report.passed and args.alias:
-            registry.set_champion(session, args.alias, name, actor="adapters add", reason="passed the gate")
+            registry.set_champion(session, args.alias, name, actor="adapters add", reason="passed the gate",
+                                  tenant=args.tenant)
         final = version.state.value
     engine.dispose()
     print(json.dumps({"name": name, "state": final, "reasons": report.reasons, "metrics": report.metrics}))

@@ -12,6 +12,9 @@ Rules:
 - KTO: every rated answer as `prompt/completion/label`. SFT: liked conversations as `messages`.
 - At most `max_per_user` examples come from one end user, so no one dominates.
 - The held-out split is by prompt: a prompt's examples are all on one side, never both.
+- Tenants (`for_alias`): an alias owned by a tenant trains on that tenant's feedback only; a
+  shared alias on the feedback of tenants that own no alias, so a tenant's data never
+  reaches an adapter another tenant's users get.
 Interactions of keys that opted out of prompt logging carry no text and never appear here.
 """
 
@@ -23,7 +26,7 @@ import json
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -31,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from adapters.feedback import purge_before, purge_user
-from adapters.schema import Feedback, Interaction, utcnow
+from adapters.schema import Alias, Feedback, Interaction, utcnow
 
 
 @dataclass
@@ -39,6 +42,8 @@ class DataConfig:
     heldout_fraction: float = field(default=0.1, metadata={"help": "Share of prompts held out for eval."})
     max_per_user: int = field(default=200, metadata={"help": "Most examples one end user may contribute."})
     adapter_version: str | None = field(default=None, metadata={"help": "Only answers of this version."})
+    tenant: str | None = field(default=None, metadata={"help": "Only this tenant's interactions."})
+    exclude_tenants: tuple[str, ...] = ()  # never these tenants' interactions
 
     def __post_init__(self) -> None:
         if not 0 <= self.heldout_fraction < 1:
@@ -76,9 +81,21 @@ def rated_answers(session: Session, cfg: DataConfig) -> list[Answer]:
                                       Interaction.prompt.is_not(None), Interaction.status == 200)
     if cfg.adapter_version is not None:
         query = query.where(Interaction.adapter_version == cfg.adapter_version)
+    if cfg.tenant is not None:
+        query = query.where(Interaction.tenant == cfg.tenant)
+    if cfg.exclude_tenants:
+        query = query.where(Interaction.tenant.not_in(cfg.exclude_tenants))
     return [Answer(i.id, i.prompt, prompt_key(i.prompt), i.response or "", i.kind, i.end_user,
                    i.adapter_version, i.regenerates, scores[i.id])
             for i in session.scalars(query.order_by(Interaction.created_at))]
+
+
+def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
+    """`cfg` restricted to the feedback that may train `alias` (see the module's rules)."""
+    owners = dict(session.execute(select(Alias.name, Alias.tenant)).all())
+    if owners.get(alias) is not None:
+        return replace(cfg, tenant=owners[alias])
+    return replace(cfg, exclude_tenants=tuple(sorted({t for t in owners.values() if t is not None})))
 
 
 def _turn(answer: Answer, text: str) -> Any:

@@ -1,7 +1,8 @@
 """The eval gate: may a candidate adapter reach users?
 
 Checks, on held-out data the run never trained on:
-1. integrity: finite weights, LoRA rank and target modules within what the engine serves;
+1. integrity (adapters/integrity.py): readable, finite weights; rank, target modules and
+   tensor shapes the engine can serve on this base model;
 2. preference: held-out pairs' implicit reward accuracy and margin (DPO's
    beta * (log pi - log pi_ref), chosen minus rejected) must beat chance;
 3. anti-collapse, with no reward model: the candidate samples answers to held-out prompts
@@ -27,12 +28,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters import integrity as integrity_checks
+
 
 @dataclass
 class GateConfig:
     max_lora_rank: int = field(default=16, metadata={"help": "The engine's --max-lora-rank."})
     allowed_modules: tuple[str, ...] = field(
-        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        default=integrity_checks.SERVABLE_MODULES,
         metadata={"help": "LoRA target modules the engine can serve."})
     beta: float = field(default=0.1, metadata={"help": "Implicit-reward scale for held-out pairs."})
     min_pair_accuracy: float = field(default=0.5, metadata={"help": "Held-out preference accuracy needed."})
@@ -59,31 +62,11 @@ class GateReport:
         return json.dumps(asdict(self), indent=2)
 
 
-def integrity(adapter_dir: Path, cfg: GateConfig) -> list[str]:
-    from safetensors.torch import load_file
-
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    problems = []
-    if config.get("peft_type") != "LORA":
-        problems.append(f"not a LoRA adapter ({config.get('peft_type')})")
-    rank = config.get("r")
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-        problems.append(f"rank {rank!r} is not a positive integer")
-    elif rank > cfg.max_lora_rank:
-        problems.append(f"rank {rank} exceeds the engine's max LoRA rank {cfg.max_lora_rank}")
-    modules = config.get("target_modules") or []
-    if isinstance(modules, str) or not set(modules) <= set(cfg.allowed_modules):
-        problems.append(f"target modules {modules} are not all servable ({list(cfg.allowed_modules)})")
-    try:
-        weights = load_file(adapter_dir / "adapter_model.safetensors")
-    except Exception as exc:  # truncated, corrupt, or not safetensors at all
-        return [*problems, f"the weights cannot be read ({type(exc).__name__}: {exc}); truncated or corrupt?"]
-    if not weights:
-        problems.append("the weights file holds no tensors")
-    bad = [name for name, t in weights.items() if not t.isfinite().all()]
-    if bad:
-        problems.append(f"{len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]})")
-    return problems
+def integrity(adapter_dir: Path, cfg: GateConfig, base_model: str | None = None) -> list[str]:
+    """adapters/integrity.py's checks with the gate's limits (and the base's shapes when given)."""
+    base = integrity_checks.base_model_config(base_model) if base_model else None
+    return integrity_checks.problems(adapter_dir, integrity_checks.Limits(
+        cfg.max_lora_rank, tuple(cfg.allowed_modules), base))
 
 
 def _sequence_logps(model, input_ids, attention_mask, start: int):  # type: ignore[no-untyped-def]
@@ -194,7 +177,7 @@ def evaluate_reward_model(base_model: str, adapter_dir: Path, heldout_pairs: lis
     from trainer.reward_model import RewardModel, accuracy
 
     cfg = cfg or GateConfig()
-    reasons = integrity(adapter_dir, cfg)
+    reasons = integrity(adapter_dir, cfg, base_model)
     if reasons:
         return GateReport(False, reasons, {})
     if not heldout_pairs:
@@ -218,7 +201,7 @@ def evaluate(base_model: str, adapter_dir: Path, heldout_pairs: list[dict], held
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = cfg or GateConfig()
-    reasons = integrity(adapter_dir, cfg)
+    reasons = integrity(adapter_dir, cfg, base_model)
     if reasons:
         return GateReport(False, reasons, {})
     tokenizer = AutoTokenizer.from_pretrained(base_model)

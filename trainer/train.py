@@ -120,7 +120,7 @@ def example_prompt(example: dict) -> Any:
 def load_examples(cfg: TrainConfig, db_url: str) -> dict[str, list[dict]]:
     """{"train": [...], "heldout": [...]}, split by prompt: no held-out prompt is trained on.
     GRPO learns from prompts alone: one example per distinct prompt."""
-    from trainer.data import DataConfig, build, is_heldout, prompt_key
+    from trainer.data import DataConfig, build, for_alias, is_heldout, prompt_key
 
     if cfg.data:
         examples = [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
@@ -133,7 +133,8 @@ def load_examples(cfg: TrainConfig, db_url: str) -> dict[str, list[dict]]:
 
         engine = make_engine(db_url)
         with make_sessionmaker(engine)() as session:
-            split = build(session, METHODS[cfg.method], DataConfig(heldout_fraction=cfg.heldout_fraction))
+            data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction))
+            split = build(session, METHODS[cfg.method], data_cfg)
         engine.dispose()
     if cfg.method == "grpo":
         for name, examples in split.items():
@@ -362,8 +363,10 @@ def main(cfg: TrainConfig) -> TrainResult:
             Path(scratch).mkdir()
             return TrainResult(kept, None, len(data["train"]), seconds, history, report.passed, report.reasons)
         with _session(settings.db_url) as session:
+            # trained on one tenant's feedback (trainer/data.py for_alias): only for that tenant
             version = registry.register(session, Path(scratch), settings.adapter_store, base_model,
-                                        prefix=cfg.prefix or cfg.method, kind=cfg.kind)
+                                        prefix=cfg.prefix or cfg.method, kind=cfg.kind,
+                                        tenant=registry.alias_tenant(session, cfg.alias))
             version.provenance = {k: v for k, v in provenance.items() if k != "log_history"}
             version.eval_report = json.loads(report.to_json())
             registry.transition(session, version.name,

@@ -28,7 +28,7 @@ async def _complete(kind: str, request: Request) -> Response:
     state.log.admit()
     body = parse_completion_request(await read_body(request, state.settings.max_body_bytes), kind)
     end_user = body.get("user") or request.headers.get("x-loraloop-user") or ""
-    route = await state.router.resolve(body["model"], end_user)
+    route = await state.router.resolve(body["model"], end_user, caller.tenant)
     # the metrics middleware labels the request with its route
     request.scope.setdefault("state", {})["route_labels"] = (route.alias or "", route.adapter or "", route.arm)
     headers = request.headers
@@ -56,10 +56,10 @@ router.add_route("/v1/completions", completions, methods=["POST"])
 
 
 @router.get("/models")
-async def list_models(state: State, _: Caller) -> dict:
+async def list_models(state: State, caller: Caller) -> dict:
     created = int(time.time())
     return {"object": "list", "data": [
         {"id": model_id, "object": "model", "created": created, "owned_by": "loraloop",
          "kind": kind, **({"champion": state.router.table.aliases.get(model_id)} if kind == "alias" else {})}
-        for model_id, kind in state.router.model_ids()
+        for model_id, kind in state.router.model_ids(caller.tenant)
     ]}

@@ -205,7 +205,7 @@ def test_sft_through_the_gate_and_both_policies_serve_from_vllm(store: Path, gat
 
     with make_sessionmaker(make_engine(gateway.settings.db_url)).begin() as session:
         served = {registry.register(session, Path(v.path), gateway.settings.adapter_store, DEMO_MODEL_NAME,
-                                    prefix=v.name.split("-")[0], state=AdapterState.approved, max_rank=16).name:
+                                    prefix=v.name.split("-")[0], state=AdapterState.approved).name:
                   Path(v.path) for v in policies if v is not None}
     client = gateway.sdk()
     prompt = [{"role": "user", "content": "Hi, I'm Ada. Can you help me bake a cake?"}]

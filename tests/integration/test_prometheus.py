@@ -60,13 +60,13 @@ def seed(settings: Settings, demo_model: Path, adapter_dirs: dict[str, Path]) ->
     report = evaluate(str(demo_model), adapter_dirs["formal"], [], PROMPTS)  # the real gate
     with sessions.begin() as session:
         version = registry.register(session, adapter_dirs["formal"], settings.adapter_store, DEMO_MODEL_NAME,
-                                    prefix="formal", max_rank=16)
+                                    prefix="formal")
         version.eval_report = {"passed": report.passed, "reasons": report.reasons, "metrics": report.metrics}
         registry.transition(session, version.name, AdapterState.approved)
         registry.set_champion(session, "default", version.name)
         name = version.name
         canary = registry.register(session, adapter_dirs["casual"], settings.adapter_store, DEMO_MODEL_NAME,
-                                   prefix="casual", state=AdapterState.approved, max_rank=16)
+                                   prefix="casual", state=AdapterState.approved)
         experiments.start(session, "default", canary.name, 0.5, 24, actor="test")
     for outcome in (lambda: Finished(name), lambda: 1 / 0):  # one approved run, one that crashed
         run_exclusive(sessions, "dpo", timedelta(hours=1), settings.data_dir / "runs", outcome)

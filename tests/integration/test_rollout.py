@@ -40,7 +40,7 @@ def live(vllm: EngineSupervisor, adapter_dirs: dict[str, Path],
         app_key, _ = auth.create_key(session, "app", Scope.app)
         admin_key, _ = auth.create_key(session, "ops", Scope.admin)
         versions = {style: registry.register(session, path, settings.adapter_store, DEMO_MODEL_NAME, prefix=style,
-                                             state=AdapterState.approved, max_rank=16).name
+                                             state=AdapterState.approved).name
                     for style, path in adapter_dirs.items()}
         registry.set_champion(session, "default", versions["formal"])
     engine.dispose()

@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import openai
 from fastapi.testclient import TestClient
+from safetensors.numpy import save_file
 
 from adapters import registry
 from adapters.db import make_engine, make_sessionmaker, upgrade
@@ -20,8 +22,10 @@ from tests.fake_vllm import BASE, FakeFleet
 
 def fake_adapter(folder: Path, seed: int, rank: int = 8) -> Path:
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank}))
-    (folder / "adapter_model.safetensors").write_bytes(f"weights {seed}".encode())
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank,
+                                                            "target_modules": ["q_proj", "v_proj"]}))
+    save_file({"layers.0.self_attn.q_proj.lora_A.weight": np.full((rank, 4), seed, np.float32)},
+              str(folder / "adapter_model.safetensors"))
     return folder
 
 
