@@ -29,6 +29,7 @@ from gateway.errors import install_handlers
 from gateway.feedback.router import router as feedback_router
 from gateway.feedback.service import RatingWriter
 from gateway.interaction_log import InteractionLog
+from gateway.listeners import AdminPortOnly
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.openai_api.proxy import Forwarder
 from gateway.openai_api.router import router as openai_router
@@ -87,7 +88,10 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     install_handlers(app, settings.retry_after_s)
     app.include_router(openai_router)
     app.include_router(feedback_router)
-    app.include_router(admin_router)
+    if settings.admin_api:
+        app.include_router(admin_router)
+        if settings.admin_port:
+            app.add_middleware(AdminPortOnly, admin_port=settings.admin_port)
     install_openapi(app)
 
     @app.get("/health")

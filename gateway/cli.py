@@ -48,8 +48,7 @@ def sessions_for(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
-    import uvicorn
-
+    from gateway import listeners
     from gateway.app import create_app
     from gateway.engine.supervisor import EngineSupervisor
 
@@ -69,8 +68,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     # exception lets the engine be stopped below instead of orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level="info", access_log=args.access_log)
+        listeners.run(create_app(settings), settings.host, settings.port, settings.admin_host,
+                      settings.admin_port if settings.admin_api else None, args.access_log)
     except SystemExit:
         pass
     finally:

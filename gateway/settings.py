@@ -61,6 +61,9 @@ class Settings(StoreSettings):
         "keys", description="'none' serves without API keys; allowed only in development.")
     host: str = "127.0.0.1"
     port: int = 8000
+    admin_api: bool = Field(True, description="Serve the admin API (/admin/*); false: the CLI only.")
+    admin_port: int | None = Field(None, description="Serve the admin API only on this port (gateway/listeners.py).")
+    admin_host: str = Field("127.0.0.1", description="Interface of the admin port.")
 
     upstreams: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

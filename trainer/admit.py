@@ -20,8 +20,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from adapters import integrity, registry
-from adapters.errors import InvalidAdapter
 from adapters.db import make_engine, make_sessionmaker, upgrade
+from adapters.errors import InvalidAdapter
 from adapters.schema import AdapterState, Interaction
 from adapters.settings import DEMO_MODEL_NAME, StoreSettings
 from trainer.data import DataConfig, build, is_heldout, prompt_key

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import uvicorn
@@ -112,3 +115,18 @@ def serve(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def start_gateway(env: dict[str, str], port: int, *args: str, **popen) -> subprocess.Popen:
+    """`loraloop serve ARGS` in a child process, once its /ready answers 200."""
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", *args], env=env,
+                            **({"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL} | popen))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
+        time.sleep(0.2)

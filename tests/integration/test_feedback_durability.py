@@ -24,23 +24,9 @@ from adapters.db import make_engine, make_sessionmaker
 from adapters.schema import Feedback
 from gateway.engine.supervisor import EngineSupervisor
 from gateway.settings import DEMO_MODEL_NAME
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, start_gateway
 
 pytestmark = pytest.mark.integration
-
-
-def start_gateway(env: dict[str, str], port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-        time.sleep(0.2)
 
 
 def test_acknowledged_ratings_survive_sigkill(vllm: EngineSupervisor, db_url: str, tmp_path: Path) -> None:

@@ -1,0 +1,156 @@
+"""Abuse and access: per-key rate limits, tenants that cannot see each other's adapters,
+aliases or training data, and an admin surface that can live on its own port or not at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+
+from adapters import registry
+from adapters.db import make_engine, make_sessionmaker
+from adapters.errors import InvalidTransition
+from adapters.feedback import Rating, write_interactions, write_ratings
+from adapters.schema import AdapterState, Scope, utcnow
+from gateway import auth
+from tests.fake_vllm import BASE
+from tests.unit.harness import Gateway, chat, fake_adapter, make_gateway
+from trainer.data import DataConfig, build, for_alias
+
+
+def new_key(gw: Gateway, tenant: str = "acme", scope: Scope = Scope.app, rpm: int | None = None) -> str:
+    engine = make_engine(gw.settings.db_url)
+    with make_sessionmaker(engine).begin() as session:
+        key, _ = auth.create_key(session, f"k-{tenant}", scope, tenant=tenant, rate_limit_rpm=rpm)
+    engine.dispose()
+    return key
+
+
+@pytest.fixture
+def limited(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
+    gateway = make_gateway(tmp_path, db_url, rate_limit_rpm=60, rate_limit_burst_s=5)  # 1/s, bursts of 5
+    with gateway.http:
+        yield gateway
+
+
+def test_a_key_over_its_rate_gets_429_and_changes_nothing(limited: Gateway) -> None:
+    client = limited.sdk()
+    for _ in range(5):
+        chat(client, "default")
+    with pytest.raises(openai.RateLimitError) as err:
+        chat(client, "default")
+    assert err.value.status_code == 429 and err.value.code == "rate_limit_exceeded"
+    assert 1 <= int(err.value.response.headers["retry-after"]) <= 60
+    assert "60 requests per minute" in err.value.message
+    # feedback counts too: a flood of ratings is refused at the door
+    rated = limited.http.post("/v1/feedback", json={"id": "chatcmpl-x", "rating": "up"},
+                              headers={"authorization": f"Bearer {limited.app_key}"})
+    assert rated.status_code == 429 and rated.json()["error"]["type"] == "requests"
+    assert sum(len(r.seen) for r in limited.fleet.replicas.values()) == 5  # the 6th never reached vLLM
+
+
+def test_limits_are_per_key_and_a_key_may_have_its_own(limited: Gateway) -> None:
+    for _ in range(5):
+        chat(limited.sdk(), "default")
+    other = new_key(limited)  # the gateway's default: its own full bucket
+    for _ in range(5):
+        chat(limited.sdk(other), "default")
+    unlimited = new_key(limited, rpm=0)
+    for _ in range(20):
+        chat(limited.sdk(unlimited), "default")
+    strict = new_key(limited, rpm=6)  # 0.1/s, bursts of 1
+    chat(limited.sdk(strict), "default")
+    with pytest.raises(openai.RateLimitError) as err:
+        chat(limited.sdk(strict), "default")
+    assert int(err.value.response.headers["retry-after"]) >= 9
+
+
+def test_without_a_limit_nothing_is_limited(gw: Gateway) -> None:
+    for _ in range(30):
+        chat(gw.sdk(), "default")
+
+
+def own_adapter(gw: Gateway, tmp_path: Path, tenant: str, alias: bool = True, seed: int = 40) -> str:
+    """A version that belongs to `tenant`, champion of its alias `<tenant>-support`."""
+    engine = make_engine(gw.settings.db_url)
+    with make_sessionmaker(engine).begin() as session:
+        name = registry.register(session, fake_adapter(tmp_path / f"{tenant}{seed}", seed), tmp_path / "store",
+                                 BASE, prefix=tenant, state=AdapterState.approved, tenant=tenant).name
+        if alias:
+            registry.set_champion(session, f"{tenant}-support", name, tenant=tenant)
+    engine.dispose()
+    gw.http.portal.call(gw.http.app.state.gateway.router.refresh)  # type: ignore[union-attr]
+    return name
+
+
+def test_a_tenant_never_sees_or_calls_another_tenants_adapters(gw: Gateway, tmp_path: Path) -> None:
+    version = own_adapter(gw, tmp_path, "globex")
+    acme, globex = gw.sdk(), gw.sdk(new_key(gw, "globex"))
+    for model in (version, "globex-support"):
+        with pytest.raises(openai.NotFoundError) as err:
+            chat(acme, model)
+        assert err.value.code == "model_not_found"  # the same answer as for a name that does not exist
+        assert chat(globex, model).headers["x-loraloop-adapter-version"] == version
+    acme_models = {m.id for m in acme.models.list()}
+    assert {gw.champion, "default"} <= acme_models and not {version, "globex-support"} & acme_models
+    assert {version, "globex-support", "default"} <= {m.id for m in globex.models.list()}
+    # ... and its answers cannot be rated by the other tenant
+    answer = chat(globex, "globex-support").parse()
+    rated = gw.http.post("/v1/feedback", json={"id": answer.id, "rating": "down"},
+                         headers={"authorization": f"Bearer {gw.app_key}"})
+    assert rated.status_code == 404
+
+
+def test_a_tenants_adapter_never_serves_another_tenants_alias(gw: Gateway, tmp_path: Path) -> None:
+    own_adapter(gw, tmp_path, "globex")
+    version = own_adapter(gw, tmp_path, "globex", alias=False, seed=41)
+    engine = make_engine(gw.settings.db_url)
+    with make_sessionmaker(engine).begin() as session, pytest.raises(InvalidTransition, match="another tenant"):
+        registry.set_champion(session, "default", version)  # a shared alias
+    with make_sessionmaker(engine).begin() as session, pytest.raises(InvalidTransition, match="tenant 'globex'"):
+        registry.set_champion(session, "globex-support", gw.champion, tenant="acme")
+    engine.dispose()
+
+
+def test_training_data_stays_with_its_tenant(gw: Gateway, tmp_path: Path) -> None:
+    """An alias a tenant owns trains on that tenant's ratings only; a shared alias never on
+    the ratings of a tenant that owns an alias."""
+    own_adapter(gw, tmp_path, "globex")
+    engine = make_engine(gw.settings.db_url)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        rows = [{"id": f"chatcmpl-{tenant}-{i}", "key_id": 1, "tenant": tenant, "end_user": f"u{i}",
+                 "requested_model": "default", "adapter_version": None, "arm": "base", "kind": "chat",
+                 "prompt": [{"role": "user", "content": f"{tenant} secret {i % 2}"}], "response": f"answer {i}",
+                 "finish_reason": "stop", "status": 200, "prompt_tokens": 1, "completion_tokens": 1,
+                 "latency_ms": 1.0, "regenerates": None, "created_at": utcnow()}
+                for tenant in ("acme", "globex") for i in range(4)]
+        write_interactions(session, rows)
+        write_ratings(session, [Rating(r["id"], None, 1 if i % 4 < 2 else -1, None, r["tenant"])
+                                for i, r in enumerate(rows)])
+    with sessions() as session:
+        for alias, tenant in (("globex-support", "globex"), ("default", "acme")):
+            data = build(session, "kto", for_alias(session, alias, DataConfig(heldout_fraction=0.0)))["train"]
+            assert data and all(e["prompt"][0]["content"].startswith(tenant) for e in data), alias
+    engine.dispose()
+
+
+def test_admin_api_on_its_own_port(tmp_path: Path, db_url: str) -> None:
+    gw = make_gateway(tmp_path, db_url, admin_port=9001)
+    admin = {"authorization": f"Bearer {gw.admin_key}"}
+    with gw.http:
+        public = gw.http.get("/admin/adapters", headers=admin)
+        assert public.status_code == 404 and "admin port" in public.json()["error"]["message"]
+        assert gw.http.get("http://testserver:9001/admin/adapters", headers=admin).status_code == 200
+        assert gw.http.get("http://testserver:9001/v1/models", headers=admin).status_code == 404
+        assert gw.http.get("http://testserver:9001/health").status_code == 200
+        assert chat(gw.sdk(), "default").status_code == 200
+
+
+def test_admin_api_can_be_turned_off(tmp_path: Path, db_url: str) -> None:
+    gw = make_gateway(tmp_path, db_url, admin_api=False)
+    with gw.http:
+        got = gw.http.get("/admin/adapters", headers={"authorization": f"Bearer {gw.admin_key}"})
+        assert got.status_code == 404 and got.json()["error"]["type"] == "not_found_error"
+        assert chat(gw.sdk(), "default").status_code == 200
