@@ -2,13 +2,19 @@
 
 Taking a lease is one conditional write (insert, or take over an expired one), which both
 SQLite and PostgreSQL execute atomically; no file locks, no advisory-lock dialects.
+
+Holders are named `host:pid[:...]`. A lease whose holder ran on this host in a process that
+no longer exists (killed with -9, the machine's OOM killer) is taken over at once instead of
+after its TTL: a killed training run would otherwise block the next one for hours.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
@@ -24,6 +30,12 @@ def acquire(sessions: sessionmaker, name: str, holder: str, ttl: timedelta) -> b
             .values(holder=holder, expires_at=now + ttl))
         if taken.rowcount:  # type: ignore[attr-defined]
             return True
+        current = session.scalar(select(Lease.holder).where(Lease.name == name))
+        if current is not None and _dead_here(current):
+            taken = session.execute(update(Lease).where(Lease.name == name, Lease.holder == current)
+                                    .values(holder=holder, expires_at=now + ttl))
+            if taken.rowcount:  # type: ignore[attr-defined]
+                return True
     try:
         with sessions.begin() as session:
             session.add(Lease(name=name, holder=holder, expires_at=now + ttl))
@@ -35,3 +47,18 @@ def acquire(sessions: sessionmaker, name: str, holder: str, ttl: timedelta) -> b
 def release(sessions: sessionmaker, name: str, holder: str) -> None:
     with sessions.begin() as session:
         session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
+
+
+def _dead_here(holder: str) -> bool:
+    """True when `holder` names a process on this host that is gone."""
+    host, _, rest = holder.partition(":")
+    pid = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False

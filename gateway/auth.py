@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import anyio
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.errors import Forbidden, NotFound, Unauthenticated
@@ -92,7 +93,14 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             principal = cached[0]
         else:
-            principal = await anyio.to_thread.run_sync(self._lookup, key_hash)
+            try:
+                principal = await anyio.to_thread.run_sync(self._lookup, key_hash)
+            except (OperationalError, InterfaceError):
+                if cached is None:
+                    raise
+                # The database is restarting: a key seen recently keeps working meanwhile
+                # (a revocation made during the outage takes effect once it is back).
+                principal = cached[0]
             if len(self._cache) > 10_000:  # unknown keys are cached too; keep it bounded
                 self._cache.clear()
             self._cache[key_hash] = (principal, now + self.cache_ttl_s)

@@ -102,9 +102,9 @@ class InteractionLog:
                 # A row the database refuses (not an outage): write the rest one by one
                 # rather than retry a batch that can never succeed.
                 await anyio.to_thread.run_sync(self._write_each, batch)
-            except Exception:
+            except Exception as exc:
                 # The database is away: keep the batch and retry, the queue absorbs the wait.
-                log.exception("writing %d interactions failed; retrying", len(batch))
+                log.warning("writing %d interactions failed (%s); retrying in 1 s", len(batch), type(exc).__name__)
                 await anyio.sleep(1)
                 for rec in batch:
                     self.record_retry(rec)

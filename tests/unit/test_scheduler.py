@@ -4,6 +4,10 @@ stand-in here (tests/integration/test_training.py trains for real)."""
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -80,6 +84,21 @@ def test_a_crashed_runs_lease_expires(db_url: str, tmp_path: Path) -> None:
     assert run_once(settings, approved) == "busy"
     time.sleep(1.2)
     assert run_once(settings, approved) == "approved"
+
+
+def test_a_killed_local_runs_lease_is_taken_over_at_once(db_url: str, tmp_path: Path) -> None:
+    """A run killed with -9 on this host holds a 3-hour lease; the next run sees its process
+    is gone and does not wait. A live holder (this very process) keeps it."""
+    store, settings = Store(db_url), settings_for(db_url, tmp_path)
+    add_ratings(store, 3)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    assert leases.acquire(store.sessions, LEASE, f"{host}:{dead.pid}", timedelta(hours=3))
+    assert run_once(settings, approved) == "approved"
+    add_ratings(store, 3)
+    assert leases.acquire(store.sessions, LEASE, f"{host}:{os.getpid()}", timedelta(hours=3))
+    assert run_once(settings, approved) == "busy"
 
 
 def test_a_failing_run_is_recorded_and_frees_the_lease(db_url: str, tmp_path: Path) -> None:
