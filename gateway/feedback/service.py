@@ -59,7 +59,10 @@ class RatingWriter:
                 batch.append(self.queue.get_nowait())
             ratings = [rating for rating, _ in batch]
             if any(r.interaction_id in self.interactions.pending for r in ratings):
-                await self.interactions.flush()  # rate an answer served a moment ago
+                # rate an answer served a moment ago; bounded: while the database is away the
+                # log cannot flush, and the write below then fails fast with a 503
+                with anyio.move_on_after(max(1.0, 5 * self.interactions.flush_interval_s)):
+                    await self.interactions.flush()
             try:
                 results = await anyio.to_thread.run_sync(self._write, ratings)
             except Exception as exc:
