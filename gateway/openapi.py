@@ -61,7 +61,9 @@ PLAIN_ROUTES = [
 ]
 ERRORS = {"400": "Malformed request (names the field)", "401": "Missing, invalid or revoked API key",
           "404": "Unknown model, or no such completion for this tenant", "413": "Body over the size limit",
-          "503": "No model server available, or the interaction log is full (Retry-After)",
+          "429": "Over this API key's requests per minute (Retry-After)",
+          "503": "No model server available, the interaction log is full, or the database is restarting "
+                 "(Retry-After)",
           "504": "The model server did not answer in time"}
 
 

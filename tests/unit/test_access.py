@@ -154,3 +154,21 @@ def test_admin_api_can_be_turned_off(tmp_path: Path, db_url: str) -> None:
         got = gw.http.get("/admin/adapters", headers={"authorization": f"Bearer {gw.admin_key}"})
         assert got.status_code == 404 and got.json()["error"]["type"] == "not_found_error"
         assert chat(gw.sdk(), "default").status_code == 200
+
+
+TRAVERSAL = ["../../etc/passwd", "..", "/etc/passwd", "%2e%2e%2fetc", "formal/../../x", "a\\..\\b", "~root"]
+
+
+@pytest.mark.parametrize("name", TRAVERSAL)
+def test_names_that_try_to_leave_the_store_are_plain_not_found(gw: Gateway, name: str) -> None:
+    """A model, alias or version name is looked up, never joined to a path."""
+    with pytest.raises(openai.NotFoundError) as err:
+        chat(gw.sdk(), name)
+    assert err.value.code == "model_not_found"
+    admin = {"authorization": f"Bearer {gw.admin_key}"}
+    shown = gw.http.get(f"/admin/adapters/{name}", headers=admin)
+    promoted = gw.http.post(f"/admin/aliases/{name}/promote", headers=admin, json={})
+    started = gw.http.post("/admin/experiments", headers=admin, json={"alias": name, "canary": name})
+    for resp in (shown, promoted, started):
+        assert resp.status_code in (400, 404) and set(resp.json()["error"]) >= {"message", "type"}
+    assert sum(len(r.loads) for r in gw.fleet.replicas.values()) == 0  # nothing was loaded anywhere
