@@ -199,6 +199,7 @@ def soak(gateway_pid: int, key: str, admin: str, versions: dict[str, str], minut
         "gateway_rss_mib_second_quarter": second, "gateway_rss_mib_last_quarter": last,
         "gateway_rss_growth_mib": round(last - second, 1),
         "gateway_rss_peak_mib": round(max(m for _, m in memory), 1),
+        "gateway_rss_mib_by_eighth": [rss(span * i / 8, span * (i + 1) / 8 + (i == 7)) for i in range(8)],
         "events": [f"{at:.0f} s: {what}" for at, what in events],
     }
 
