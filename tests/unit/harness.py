@@ -67,6 +67,17 @@ def make_gateway(tmp_path: Path, db_url: str, **overrides) -> Gateway:
     return Gateway(http, fleet, app_key, admin_key, pinned, champion, settings)
 
 
+def new_key(gw: Gateway, tenant: str = "acme", scope: Scope = Scope.app, log_prompts: bool = True,
+            rate_limit_rpm: int | None = None) -> str:
+    """Another API key on this gateway's database."""
+    engine = make_engine(gw.settings.db_url)
+    with make_sessionmaker(engine).begin() as session:
+        key, _ = auth.create_key(session, f"k-{tenant}", scope, tenant=tenant, log_prompts=log_prompts,
+                                 rate_limit_rpm=rate_limit_rpm)
+    engine.dispose()
+    return key
+
+
 def chat(client: openai.OpenAI, model: str, **kw):
     return client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": "hi"}], **kw)

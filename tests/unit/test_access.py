@@ -12,19 +12,10 @@ from adapters import registry
 from adapters.db import make_engine, make_sessionmaker
 from adapters.errors import InvalidTransition
 from adapters.feedback import Rating, write_interactions, write_ratings
-from adapters.schema import AdapterState, Scope, utcnow
-from gateway import auth
+from adapters.schema import AdapterState, utcnow
 from tests.fake_vllm import BASE
-from tests.unit.harness import Gateway, chat, fake_adapter, make_gateway
+from tests.unit.harness import Gateway, chat, fake_adapter, make_gateway, new_key
 from trainer.data import DataConfig, build, for_alias
-
-
-def new_key(gw: Gateway, tenant: str = "acme", scope: Scope = Scope.app, rpm: int | None = None) -> str:
-    engine = make_engine(gw.settings.db_url)
-    with make_sessionmaker(engine).begin() as session:
-        key, _ = auth.create_key(session, f"k-{tenant}", scope, tenant=tenant, rate_limit_rpm=rpm)
-    engine.dispose()
-    return key
 
 
 @pytest.fixture
@@ -56,10 +47,10 @@ def test_limits_are_per_key_and_a_key_may_have_its_own(limited: Gateway) -> None
     other = new_key(limited)  # the gateway's default: its own full bucket
     for _ in range(5):
         chat(limited.sdk(other), "default")
-    unlimited = new_key(limited, rpm=0)
+    unlimited = new_key(limited, rate_limit_rpm=0)
     for _ in range(20):
         chat(limited.sdk(unlimited), "default")
-    strict = new_key(limited, rpm=6)  # 0.1/s, bursts of 1
+    strict = new_key(limited, rate_limit_rpm=6)  # 0.1/s, bursts of 1
     chat(limited.sdk(strict), "default")
     with pytest.raises(openai.RateLimitError) as err:
         chat(limited.sdk(strict), "default")

@@ -11,11 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from adapters.db import make_engine, make_sessionmaker
-from adapters.schema import Feedback, Interaction, Scope
-from gateway import auth
+from adapters.schema import Feedback, Interaction
 from gateway.app import create_app
 from tests.fake_vllm import BASE, FakeFleet
-from tests.unit.harness import Gateway, chat, make_gateway
+from tests.unit.harness import Gateway, chat, make_gateway, new_key
 
 
 def rows(gw: Gateway, table) -> list:  # type: ignore[no-untyped-def]
@@ -32,14 +31,6 @@ def rows(gw: Gateway, table) -> list:  # type: ignore[no-untyped-def]
 
 def rate(gw: Gateway, key: str | None = None, **body):  # type: ignore[no-untyped-def]
     return gw.http.post("/v1/feedback", json=body, headers={"authorization": f"Bearer {key or gw.app_key}"})
-
-
-def new_key(gw: Gateway, tenant: str, log_prompts: bool = True) -> str:
-    engine = make_engine(gw.settings.db_url)
-    with make_sessionmaker(engine).begin() as session:
-        key, _ = auth.create_key(session, f"k-{tenant}", Scope.app, tenant=tenant, log_prompts=log_prompts)
-    engine.dispose()
-    return key
 
 
 def test_every_completion_is_logged_with_attribution(gw: Gateway) -> None:
