@@ -8,7 +8,8 @@ experiment by itself when the alias has none open (`Policy.auto_start`); operato
 one for any approved version. Without a champion yet, the canary is tested against the base
 model. While running, the gateway sends `canary_share` of the alias's users (sticky by user)
 to the canary. `judge` runs every few seconds (one gateway replica at a time, under a lease): it
-counts each arm's requests, errors, latency and ratings since the start, and
+counts each arm's requests, errors, latency and votes (one per answer, adapters.feedback.votes)
+since the start, and
 
 1. rolls back on a guardrail: the canary's error rate or mean latency clearly worse, or its
    answers rated much less often than the champion's (users who stop rating are a signal);
@@ -30,7 +31,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import registry
 from adapters.errors import InvalidRequest, InvalidTransition, NotFound
-from adapters.schema import AdapterState, AdapterVersion, Experiment, Feedback, Interaction, as_utc, utcnow
+from adapters.feedback import votes
+from adapters.schema import AdapterState, AdapterVersion, Experiment, Interaction, as_utc, utcnow
 from adapters.sequential import Arm, decide
 
 S = AdapterState
@@ -145,6 +147,7 @@ def arm_numbers(session: Session, experiment: Experiment) -> dict[str, ArmNumber
     arms = {"champion": experiment.champion, "canary": experiment.canary}
     served = (Interaction.requested_model == experiment.alias) & (Interaction.created_at >= experiment.started_at)
     numbers = {}
+    vote = votes()
     for arm, version in arms.items():
         same_version = Interaction.adapter_version.is_(None) if version is None else \
             Interaction.adapter_version == version
@@ -152,9 +155,9 @@ def arm_numbers(session: Session, experiment: Experiment) -> dict[str, ArmNumber
         requests, errors, latency = session.execute(
             select(func.count(), func.coalesce(func.sum(case((Interaction.status >= 500, 1), else_=0)), 0),
                    func.coalesce(func.avg(Interaction.latency_ms), 0.0)).where(mine)).one()
-        ratings, up = session.execute(
-            select(func.count(), func.coalesce(func.sum(case((Feedback.rating > 0, 1), else_=0)), 0))
-            .select_from(Feedback).join(Interaction, Feedback.interaction_id == Interaction.id).where(mine)).one()
+        ratings, up = session.execute(  # one vote per answer: invented users add nothing
+            select(func.count(), func.coalesce(func.sum(case((vote.c.rating > 0, 1), else_=0)), 0))
+            .select_from(vote).join(Interaction, vote.c.interaction_id == Interaction.id).where(mine)).one()
         numbers[arm] = ArmNumbers(int(requests), int(errors), float(latency), int(ratings), int(up))
     return numbers
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import CursorResult, delete, select
+from sqlalchemy import CursorResult, Subquery, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,22 @@ class RatingResult:
     replaced: bool = False
     adapter_version: str | None = None  # what served the rated answer (for the metrics)
     arm: str = ""
+
+
+def votes() -> Subquery:
+    """One vote per answer: (interaction_id, rating) for every rated interaction.
+
+    An answer's vote is its own end user's rating when they gave one, otherwise the first
+    rating anyone gave it. A key may rate an answer under any `user` value it likes, so
+    counting every row would let one client outvote everyone; experiments and training
+    count this vote only, whatever else is stored."""
+    f, i = Feedback.__table__, Interaction.__table__
+    rank = func.row_number().over(
+        partition_by=f.c.interaction_id,
+        order_by=(case((f.c.end_user == i.c.end_user, 0), else_=1), f.c.created_at, f.c.id))
+    ranked = (select(f.c.interaction_id, f.c.rating, rank.label("rank"))
+              .join(i, i.c.id == f.c.interaction_id).subquery("ranked"))
+    return select(ranked.c.interaction_id, ranked.c.rating).where(ranked.c.rank == 1).subquery("votes")
 
 
 def write_interactions(session: Session, rows: Iterable[dict]) -> None:

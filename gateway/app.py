@@ -59,8 +59,10 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
             fleet = Fleet(settings.upstreams, client)
             router = Router(sessions, settings.served_model_name, ready=fleet.holds)
             auth = Authenticator(None if settings.auth == "none" else sessions, settings.auth_cache_ttl_s,
-                                 RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst_s))
-            log = InteractionLog(sessions, settings.log_queue_size, settings.log_overflow, metrics)
+                                 RateLimiter(settings.rate_limit_rpm, settings.rate_limit_burst_s,
+                                             settings.rate_limit_redis_url, settings.rate_limit_redis_prefix))
+            log = InteractionLog(sessions, settings.log_queue_size, settings.log_overflow, metrics,
+                                max_bytes=settings.log_queue_max_bytes)
             state = GatewayState(settings, engine, sessions, client, fleet, router, auth,
                                  Forwarder(fleet, client, log, metrics), log,
                                  RatingWriter(sessions, log, metrics), metrics)

@@ -17,7 +17,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import sessionmaker
 
 from adapters.errors import LogQueueFull
@@ -49,14 +50,25 @@ class Record:
     raw: bytes = b""
     latency_ms: float = 0.0
     keep_text: bool = True
+    body_bytes: int = 0  # of the request: what the prompt costs in memory, roughly
+
+    @property
+    def size(self) -> int:
+        """Bytes this entry holds while it waits to be written."""
+        return self.body_bytes + len(self.raw)
 
 
 class InteractionLog:
     def __init__(self, sessions: sessionmaker, max_queue: int, overflow: str,
-                 metrics: GatewayMetrics | None = None, batch_size: int = 500, flush_interval_s: float = 0.05):
+                 metrics: GatewayMetrics | None = None, batch_size: int = 500, flush_interval_s: float = 0.05,
+                 max_bytes: int = 128 << 20):
         self.sessions = sessions
         self.metrics = metrics
         self.queue: asyncio.Queue[Record] = asyncio.Queue(max_queue)
+        # Entries are bounded by bytes as well as by count: 10,000 entries of 4 MiB prompts
+        # would otherwise be 40 GiB. An entry's bytes count until it is written.
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
         self.overflow = overflow
         self.batch_size = batch_size
         # Entries gather this long before a write (unless a batch fills up or someone waits on
@@ -64,24 +76,30 @@ class InteractionLog:
         # CPU cost off the requests being served (bench/README.md).
         self.flush_interval_s = flush_interval_s
         self._wake = asyncio.Event()
-        self.dropped = 0
+        self.dropped = 0  # the queue was full
+        self.refused = 0  # the database refused the row itself (it can never be written)
         self.written = 0
         self.pending: set[str] = set()  # ids queued but not yet committed
         self._idle = asyncio.Event()
         self._idle.set()
+        self._progress = asyncio.Event()  # set (and replaced) after every batch
 
     def admit(self) -> None:
         """Called before serving: under the `reject` policy a full log refuses new work."""
-        if self.overflow == "reject" and self.queue.full():
+        if self.overflow == "reject" and (self.queue.full() or self.queued_bytes >= self.max_bytes):
             raise LogQueueFull("The interaction log is full; retry shortly.")
 
     def record(self, rec: Record) -> None:
+        size = rec.size
         try:
+            if self.queued_bytes and self.queued_bytes + size > self.max_bytes:
+                raise asyncio.QueueFull
             self.queue.put_nowait(rec)
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("interaction log full: dropped %s (%d dropped so far)", rec.id, self.dropped)
             return
+        self.queued_bytes += size
         self.pending.add(rec.id)
         self._idle.clear()
         if self.queue.qsize() >= self.batch_size:
@@ -98,20 +116,24 @@ class InteractionLog:
             try:
                 await anyio.to_thread.run_sync(self._write, batch)
                 self.written += len(batch)
-            except DataError:
+            except Exception as exc:
                 # A row the database refuses (not an outage): write the rest one by one
                 # rather than retry a batch that can never succeed.
-                await anyio.to_thread.run_sync(self._write_each, batch)
-            except Exception as exc:
-                # The database is away: keep the batch and retry, the queue absorbs the wait.
-                log.warning("writing %d interactions failed (%s); retrying in 1 s", len(batch), type(exc).__name__)
-                await anyio.sleep(1)
-                for rec in batch:
-                    self.record_retry(rec)
-                continue
-            for rec in batch:
+                retry = await anyio.to_thread.run_sync(self._write_each, batch) if not is_outage(exc) else batch
+                if retry:
+                    # The database is away: keep the rows and retry, the queue absorbs the wait.
+                    log.warning("writing %d interactions failed (%s); retrying in 1 s", len(retry),
+                                type(exc).__name__)
+                    await anyio.sleep(1)
+                    for rec in retry:
+                        self.record_retry(rec)
+                    batch = batch[:len(batch) - len(retry)]
+            for rec in batch:  # written, or refused for good
                 self.pending.discard(rec.id)
-            if self.queue.empty():
+                self.queued_bytes -= rec.size
+            self._progress.set()
+            self._progress = asyncio.Event()
+            if not self.pending:
                 self._idle.set()
 
     def record_retry(self, rec: Record) -> None:
@@ -120,20 +142,36 @@ class InteractionLog:
         except asyncio.QueueFull:
             self.dropped += 1
             self.pending.discard(rec.id)
+            self.queued_bytes -= rec.size
 
     async def flush(self) -> None:
         """Waits until everything recorded so far is committed."""
         self._wake.set()
         await self._idle.wait()
 
-    def _write_each(self, batch: list[Record]) -> None:
-        for rec in batch:
+    async def wait_written(self, interaction_id: str) -> None:
+        """Returns once `interaction_id` waits no more: committed, or dropped. Wakes the writer
+        rather than waiting for the whole log to go idle, which under sustained traffic it
+        may never do."""
+        while interaction_id in self.pending:
+            progress = self._progress
+            self._wake.set()
+            await progress.wait()
+
+    def _write_each(self, batch: list[Record]) -> list[Record]:
+        """Writes `batch` row by row; a refused row is dropped alone and counted. Returns
+        what is left to retry when the database went away meanwhile."""
+        for n, rec in enumerate(batch):
             try:
                 self._write([rec])
                 self.written += 1
-            except DataError:
-                self.dropped += 1
-                log.exception("interaction %s refused by the database; dropped", rec.id)
+            except Exception as exc:
+                if is_outage(exc):
+                    return batch[n:]
+                self.refused += 1
+                # the type only: the message may quote the prompt
+                log.error("interaction %s refused by the database (%s); dropped", rec.id, type(exc).__name__)
+        return []
 
     def _write(self, batch: list[Record]) -> None:
         rows = [_row(rec) for rec in batch]
@@ -141,6 +179,13 @@ class InteractionLog:
             write_interactions(session, rows)
         if self.metrics is not None:
             self.metrics.count_tokens(rows)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when `exc` says the database is away or busy (worth retrying), False when it
+    refused what was sent (a retry would fail the same way, forever)."""
+    return isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, SATimeoutError,
+                            ConnectionError, TimeoutError))
 
 
 def _row(rec: Record) -> dict:

@@ -80,8 +80,13 @@ class Settings(StoreSettings):
     auth_cache_ttl_s: float = Field(5.0, description="How long a revoked key may still pass.")
     rate_limit_rpm: int = Field(0, description="Requests per minute per key (0: unlimited); keys may override.")
     rate_limit_burst_s: float = Field(10.0, description="A key may burst this many seconds of its rate.")
+    rate_limit_redis_url: str | None = Field(
+        None, description="redis://host:6379/0: rate limits hold across all gateway replicas; none: per replica.")
+    rate_limit_redis_prefix: str = Field(
+        "loraloop:ratelimit:", description="Prefix of the rate-limit keys in Redis (deployments sharing one).")
 
     log_queue_size: int = Field(10_000, description="Interactions waiting to be written, at most.")
+    log_queue_max_bytes: int = Field(128 << 20, description="...and at most this many bytes of them.")
     log_overflow: Literal["drop", "reject"] = Field(
         "drop", description="Log queue full: drop the entry (counted) or refuse completions with 503.")
     feedback_comment_max_chars: int = Field(2000, description="Longer feedback comments get 400.")

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 import anyio
 from sqlalchemy.orm import sessionmaker
 
+from adapters.errors import InvalidRequest
 from adapters.feedback import Rating, RatingResult, write_ratings
-from gateway.interaction_log import InteractionLog
+from gateway.interaction_log import InteractionLog, is_outage
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
@@ -37,6 +38,12 @@ class RatingWriter:
         self.queue: asyncio.Queue[tuple[Rating, asyncio.Future[RatingResult]]] = asyncio.Queue()
 
     async def submit(self, rating: Rating) -> RatingResult:
+        if rating.interaction_id in self.interactions.pending:
+            # An answer served a moment ago: wait for that answer's row only, here, not in the
+            # writer (which would hold up every other rating). Bounded: while the database is
+            # away the log cannot write, and the rating then fails fast with a 503.
+            with anyio.move_on_after(max(1.0, 5 * self.interactions.flush_interval_s)):
+                await self.interactions.wait_written(rating.interaction_id)
         result = await self._submit_once(rating)
         if not result.stored:
             # With several gateway replicas, the answer may have been served by another one
@@ -57,26 +64,41 @@ class RatingWriter:
                 await asyncio.sleep(self.linger_s)
             while len(batch) < self.batch_size and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            ratings = [rating for rating, _ in batch]
-            if any(r.interaction_id in self.interactions.pending for r in ratings):
-                # rate an answer served a moment ago; bounded: while the database is away the
-                # log cannot flush, and the write below then fails fast with a 503
-                with anyio.move_on_after(max(1.0, 5 * self.interactions.flush_interval_s)):
-                    await self.interactions.flush()
             try:
-                results = await anyio.to_thread.run_sync(self._write, ratings)
+                results = await anyio.to_thread.run_sync(self._write, [rating for rating, _ in batch])
             except Exception as exc:
-                log.exception("writing %d ratings failed", len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+                if is_outage(exc):
+                    log.warning("writing %d ratings failed: the database is away (%s)", len(batch),
+                                type(exc).__name__)
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                # One rating the database refuses must not fail the others written with it.
+                results = await anyio.to_thread.run_sync(self._write_each, [rating for rating, _ in batch])
             for (rating, future), result in zip(batch, results, strict=True):
+                if future.done():  # the client hung up; the rating is stored anyway
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                    continue
                 if result.stored and self.metrics is not None:
                     self.metrics.feedback.labels("up" if rating.rating > 0 else "down",
                                                  result.adapter_version or "", result.arm).inc()
-                if not future.done():  # the client may have hung up; the rating is stored anyway
-                    future.set_result(result)
+                future.set_result(result)
+
+    def _write_each(self, ratings: list[Rating]) -> list[RatingResult | Exception]:
+        results: list[RatingResult | Exception] = []
+        for rating in ratings:
+            try:
+                results.extend(self._write([rating]))
+            except Exception as exc:  # noqa: BLE001 - handed to that rating's request
+                if is_outage(exc):
+                    results.append(exc)
+                    continue
+                log.error("rating of %s refused by the database (%s)", rating.interaction_id, type(exc).__name__)
+                results.append(InvalidRequest("This rating cannot be stored (the database refused a value in it)."))
+        return results
 
     def _write(self, ratings: list[Rating]) -> list[RatingResult]:
         with self.sessions.begin() as session:

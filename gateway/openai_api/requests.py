@@ -7,6 +7,8 @@ correctly); the rest is vLLM's to validate, and its 400s pass through in the sam
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -43,14 +45,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
     """The parsed body of a chat (`kind="chat"`) or text completion request, or InvalidRequest."""
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
-    if b"\\u0000" in raw and _has_nul(body):  # fast test on the bytes, exact test if they hint at one
-        raise InvalidRequest("Strings may not contain NUL (\\u0000) characters.")
     if "model" not in body:
         raise InvalidRequest("model: field required", param="model")
     for name, (types, human) in CHECKED_FIELDS.items():
@@ -68,15 +65,67 @@ def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
     return body
 
 
-def _has_nul(value: object) -> bool:
-    """PostgreSQL cannot store NUL in text: such a request would be served and never logged."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+# A JSON escape that can leave a string unstorable: NUL, or a UTF-16 surrogate (a lone one
+# survives json.loads, then fails to encode as UTF-8 in SQLite and psycopg).
+_SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def parse_json(raw: bytes) -> Any:
+    """`raw` parsed, or InvalidRequest for what no later step could store or forward:
+    invalid JSON, NaN/Infinity or overflowing floats, nesting deeper than MAX_DEPTH,
+    NUL characters and lone surrogates. Checked once at the door, so the interaction log
+    and the feedback writer only ever see values the database accepts."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise InvalidRequest(f"Request body is nested too deeply (at most {MAX_DEPTH} levels).") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+    if _SUSPECT.search(raw) or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        check_storable(value)  # the exact walk, only when the bytes hint at a problem
+    return value
+
+
+MAX_DEPTH = 64  # OpenAI bodies nest a few levels (content parts, JSON schemas a few more)
+
+
+def check_storable(value: Any) -> None:
+    """InvalidRequest unless every string in `value` is storable text and it nests at most
+    MAX_DEPTH levels. Iterative: a hostile body cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(f"Request body is nested too deeply (at most {MAX_DEPTH} levels).")
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                _check_text(key)
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+
+
+def _check_text(text: str) -> None:
+    if "\x00" in text:
+        raise InvalidRequest("Strings may not contain NUL (\\u0000) characters.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("Strings must be valid Unicode: a lone UTF-16 surrogate (\\ud800-\\udfff) "
+                             "cannot be stored.") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
 
 
 def _check_messages(messages: object) -> None:

@@ -26,7 +26,8 @@ async def _complete(kind: str, request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     caller = await state.auth.authenticate(request.headers.get("authorization"))
     state.log.admit()
-    body = parse_completion_request(await read_body(request, state.settings.max_body_bytes), kind)
+    raw = await read_body(request, state.settings.max_body_bytes)
+    body = parse_completion_request(raw, kind)
     end_user = body.get("user") or request.headers.get("x-loraloop-user") or ""
     route = await state.router.resolve(body["model"], end_user, caller.tenant)
     # the metrics middleware labels the request with its route
@@ -39,7 +40,8 @@ async def _complete(kind: str, request: Request) -> Response:
         prompt=(body.get("messages") if kind == "chat" else body.get("prompt")) if caller.log_prompts else None,
         # not an OpenAI field: taken out so vLLM never sees it
         regenerates=body.pop("regenerates", None) or headers.get("x-loraloop-regenerates"),
-        streamed=bool(body.get("stream")), started=started, keep_text=caller.log_prompts)
+        streamed=bool(body.get("stream")), started=started, keep_text=caller.log_prompts,
+        body_bytes=len(raw) if caller.log_prompts else 0)
     return await state.forwarder.forward(kind, body, route, record)
 
 

@@ -147,6 +147,32 @@ def test_a_worse_canary_is_rolled_back(gw: Gateway, db) -> None:  # type: ignore
     assert (state_of(db, gw.pinned), state_of(db, gw.champion)) == (AdapterState.retired, AdapterState.champion)
 
 
+def test_one_client_inventing_users_cannot_decide_an_experiment(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    """Rating stuffing: a key rates canary answers up and champion answers down under 50
+    invented users each. Only one vote per answer counts, the answer's own user's first."""
+    start(db, gw)
+    served: dict[str, list[str]] = {"champion": [], "canary": []}
+    for i in range(40):
+        response = chat(gw.sdk(), "default", user=f"real-{i}")
+        served[response.headers["x-loraloop-arm"]].append(response.parse().id)
+    refresh(gw)
+    for arm, ids in served.items():
+        for answer in ids:  # the real users: the champion is liked, the canary is not
+            assert rate(gw, id=answer, rating="up" if arm == "champion" else "down").status_code == 200
+            for fake in range(50):
+                assert rate(gw, id=answer, rating="down" if arm == "champion" else "up",
+                            user=f"sock-{fake}").status_code == 200
+    with db.begin() as session:
+        experiment = experiments.current(session, "default")
+        assert experiment is not None
+        numbers = experiments.arm_numbers(session, experiment)
+    for arm, ids in served.items():  # one vote per answer, and it is the real user's
+        assert numbers[arm].ratings == len(ids)
+        assert numbers[arm].up == (len(ids) if arm == "champion" else 0)
+    [(_, decision, _)] = experiments.judge_all(db, POLICY)
+    assert decision in ("continue", "rollback")  # never a promotion bought by sock puppets
+
+
 def test_guardrails_and_the_deadline_roll_back(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
     start(db, gw)
     served = traffic(gw, 120, {"champion": 0.5, "canary": 0.5})
