@@ -106,7 +106,7 @@ class Authenticator:
             self._cache[key_hash] = (principal, now + self.cache_ttl_s)
         if principal is None:
             raise Unauthenticated("Invalid or revoked API key.")
-        self.limiter.charge(principal.key_id, principal.rate_limit_rpm)
+        await self.limiter.charge(principal.key_id, principal.rate_limit_rpm)
         return principal
 
 

@@ -148,6 +148,13 @@ class _LiveCollector(Collector):
                                   value=log.dropped)
         yield CounterMetricFamily("loraloop_interaction_log_written", "Interactions committed to the database.",
                                   value=log.written)
+        limiter = self.state.auth.limiter
+        if limiter.shared is not None:  # only when rate limits are shared through Redis
+            yield GaugeMetricFamily("loraloop_rate_limit_redis_up",
+                                    "1 while rate limits hold across replicas; 0: Redis is away, each replica "
+                                    "limits on its own.", value=float(limiter.redis_up))
+            yield CounterMetricFamily("loraloop_rate_limit_redis_errors", "Rate-limit charges Redis did not answer.",
+                                      value=limiter.redis_errors)
 
 
 class _DatabaseCollector(Collector):
