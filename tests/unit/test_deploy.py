@@ -12,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import pytest
+import redis
 import yaml
 from dockerfile_parse import DockerfileParser
 from pydantic import BaseModel
@@ -126,3 +127,35 @@ def test_deployments_start_commands_the_cli_accepts() -> None:
                 _accepts(container["args"])
     with pytest.raises(SystemExit):
         _accepts(["serve", "--no-such-flag"])
+
+
+def _redis_url(environment: dict[str, str]) -> dict:
+    return redis.connection.parse_url(environment["LORALOOP_RATE_LIMIT_REDIS_URL"])
+
+
+def test_gateways_share_rate_limits_through_a_redis_the_deployment_runs() -> None:
+    """The gateway's LORALOOP_RATE_LIMIT_REDIS_URL names a Redis the compose file or the
+    manifests start, on the port it listens on; it keeps nothing on disk (buckets only)."""
+    services = compose()["services"]
+    url = _redis_url(services["gateway"]["environment"])
+    redis_service = services[url["host"]]
+    assert redis_service["image"].startswith("redis:") and url["host"] in services["gateway"]["depends_on"]
+    assert redis_service["command"][:3] == ["redis-server", "--save", ""] and "ports" not in redis_service
+
+    docs = k8s_docs()
+    gateway = next(c for _, d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "gateway"
+                   for c in _containers(d))
+    url = _redis_url({e["name"]: e.get("value") for e in gateway["env"]})
+    service = next(d for _, d in docs if d["kind"] == "Service" and d["metadata"]["name"] == url["host"])
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.get("port", 6379)]
+    pods = [d for _, d in docs if d["kind"] in ("Deployment", "StatefulSet")
+            and service["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+    assert len(pods) == 1
+    (container,) = _containers(pods[0])
+    assert container["image"].startswith("redis:") and container["args"][:3] == ["redis-server", "--save", ""]
+    assert port["port"] in [p["containerPort"] for p in container["ports"]]
+    (policy,) = [d for _, d in docs if d["kind"] == "NetworkPolicy"  # Redis's own, not a namespace-wide one
+                 and (labels := d["spec"]["podSelector"].get("matchLabels"))
+                 and labels.items() <= service["spec"]["selector"].items()]
+    assert [f["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for f in rule["from"]] \
+        == [{"app": "gateway"}]
