@@ -3,6 +3,11 @@
 Taking a lease is one conditional write (insert, or take over an expired one), which both
 SQLite and PostgreSQL execute atomically; no file locks, no advisory-lock dialects.
 
+A holder keeps a lease by renewing it (`renew`, from a heartbeat) well within its TTL, so the
+TTL can be short: it bounds how long a holder that died on another machine blocks the others,
+not how long the holder may work. `hold` renews inside the caller's transaction, so what that
+transaction writes commits only while the lease is still this holder's.
+
 Holders are named `host:pid[:...]`. A lease whose holder ran on this host in a process that
 no longer exists (killed with -9, the machine's OOM killer) is taken over at once instead of
 after its TTL: a killed training run would otherwise block the next one for hours.
@@ -16,7 +21,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.schema import Lease, utcnow
 
@@ -44,7 +49,24 @@ def acquire(sessions: sessionmaker, name: str, holder: str, ttl: timedelta) -> b
         return False
 
 
+def renew(sessions: sessionmaker, name: str, holder: str, ttl: timedelta) -> bool:
+    """Extends lease `name` to now + `ttl` if `holder` still holds it; False if it was taken
+    over (or released). Never creates a lease: a holder that lost one does not get it back."""
+    with sessions.begin() as session:
+        return hold(session, name, holder, ttl)
+
+
+def hold(session: Session, name: str, holder: str, ttl: timedelta) -> bool:
+    """`renew` inside the caller's transaction. The update locks the lease row until that
+    transaction ends (PostgreSQL: a row lock; SQLite: the database's write lock), so a
+    take-over cannot commit between this check and the caller's commit."""
+    renewed = session.execute(update(Lease).where(Lease.name == name, Lease.holder == holder)
+                              .values(expires_at=utcnow() + ttl))
+    return bool(renewed.rowcount)  # type: ignore[attr-defined]
+
+
 def release(sessions: sessionmaker, name: str, holder: str) -> None:
+    """Gives lease `name` up, if `holder` still holds it (a taken-over lease stays the taker's)."""
     with sessions.begin() as session:
         session.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
 

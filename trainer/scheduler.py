@@ -25,7 +25,7 @@ from sqlalchemy.orm import sessionmaker
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.schema import Feedback, Lease, TrainingRun, utcnow
 from adapters.settings import StoreSettings
-from trainer.runs import LEASE, run_exclusive
+from trainer.runs import LEASE, LEASE_TTL, run_exclusive
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ class SchedulerSettings(StoreSettings):
     train_method: str = Field("dpo", description="Any `loraloop train --method`: dpo, kto, sft, reward, grpo.")
     train_steps: int = Field(100, description="Optimizer steps per run.")
     train_args: str = Field("", description="More `loraloop train` options for every run, e.g. '--qlora --lora-r 8'.")
-    train_lease_hours: float = Field(3, description="A run holding the lease longer is presumed dead.")
+    train_lease_minutes: float = Field(LEASE_TTL.total_seconds() / 60, description=(
+        "A run renews its lease every third of this while it trains; one that stopped renewing "
+        "this long ago (a dead node) is taken over."))
 
 
 def new_ratings_since_last_run(sessions: sessionmaker) -> int:
@@ -69,7 +71,7 @@ def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = N
         if new < settings.train_min_new_ratings:
             log.info("training skipped: %d new ratings, %d needed", new, settings.train_min_new_ratings)
             return "not_enough_data"
-        done = run_exclusive(sessions, settings.train_method, timedelta(hours=settings.train_lease_hours),
+        done = run_exclusive(sessions, settings.train_method, timedelta(minutes=settings.train_lease_minutes),
                              settings.data_dir / "runs", train or (lambda: _train(settings)))
         if done.outcome == "busy":
             log.info("training skipped: another run holds the lease")

@@ -23,6 +23,7 @@ leaves nothing in the store or the registry.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import platform
@@ -333,6 +334,7 @@ def main(cfg: TrainConfig) -> TrainResult:
     from adapters import registry
     from adapters.schema import AdapterState
     from adapters.settings import StoreSettings
+    from trainer import runs
     from trainer.demo_model import ensure_demo_model
 
     if cfg.qlora:
@@ -351,7 +353,10 @@ def main(cfg: TrainConfig) -> TrainResult:
     prompts = [example_prompt(e) for e in (data["heldout"] or data["train"])][:16]
     scratch_root = settings.data_dir / "runs"
     scratch_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch_root, prefix=f"{cfg.method}-") as scratch:
+    run = runs.current()  # a recorded run: its own scratch folder, and a lease to hold while registering
+    folder = contextlib.nullcontext(str(run.scratch)) if run is not None else \
+        tempfile.TemporaryDirectory(dir=scratch_root, prefix=f"{cfg.method}-")
+    with folder as scratch:
         seconds, history, _ = train(cfg, data["train"], base_model, Path(scratch), prompts, data["heldout"],
                                     reward if cfg.method == "grpo" else None)
         report = judge(cfg, base_model, Path(scratch), data, prompts, reward, settings.db_url)
@@ -363,6 +368,8 @@ def main(cfg: TrainConfig) -> TrainResult:
             Path(scratch).mkdir()
             return TrainResult(kept, None, len(data["train"]), seconds, history, report.passed, report.reasons)
         with _session(settings.db_url) as session:
+            if run is not None:  # first: this transaction commits only while the run holds the lease
+                run.fence(session)
             # trained on one tenant's feedback (trainer/data.py for_alias): only for that tenant
             version = registry.register(session, Path(scratch), settings.adapter_store, base_model,
                                         prefix=cfg.prefix or cfg.method, kind=cfg.kind,
@@ -400,17 +407,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 def run_recorded(cfg: TrainConfig) -> TrainResult:
     """`main` as one recorded run: waits for no one (a run already going is an error) and
     leaves a `training_runs` row, like a scheduled run."""
-    from datetime import timedelta
-
     from adapters.db import make_engine, make_sessionmaker, upgrade
     from adapters.settings import StoreSettings
-    from trainer.runs import run_exclusive
+    from trainer.runs import LEASE_TTL, run_exclusive
 
     settings = StoreSettings()
     engine = make_engine(settings.db_url)
     upgrade(engine)
     try:
-        done = run_exclusive(make_sessionmaker(engine), cfg.method, timedelta(hours=3),
+        done = run_exclusive(make_sessionmaker(engine), cfg.method, LEASE_TTL,
                              settings.data_dir / "runs", lambda: main(cfg))
     finally:
         engine.dispose()

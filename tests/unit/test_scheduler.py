@@ -134,11 +134,13 @@ def test_the_next_run_cleans_up_after_a_killed_one(db_url: str, tmp_path: Path) 
     store, settings = Store(db_url), settings_for(db_url, tmp_path)
     add_ratings(store, 3)
     with store.sessions.begin() as session:
-        session.add(TrainingRun(method="dpo", outcome="running"))
+        killed_run = TrainingRun(method="dpo", outcome="running")
+        session.add(killed_run)
+        session.flush()
+        leftover = tmp_path / "runs" / f"run-{killed_run.id}"  # each run's scratch is named by its id
     assert leases.acquire(store.sessions, LEASE, "dead-host:1", timedelta(seconds=1))
-    leftover = tmp_path / "runs" / "dpo-k1ll3d"
     (leftover / "checkpoint-10").mkdir(parents=True)
-    kept = tmp_path / "runs" / "dpo-done-x"  # a `--no-register` run's output, kept on purpose
+    kept = tmp_path / "runs" / "run-done-x"  # a `--no-register` run's output, kept on purpose
     kept.mkdir()
     time.sleep(1.2)
     assert run_once(settings, approved) == "approved"
