@@ -7,20 +7,25 @@ authenticated request is charged to its key's rate limit (gateway/rate_limit.py)
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import anyio
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request
 
-from adapters.errors import Forbidden, NotFound, Unauthenticated
+from adapters.errors import Forbidden, NotFound, RateLimited, Unauthenticated
 from adapters.schema import ApiKey, Scope, utcnow
 from gateway.rate_limit import RateLimiter
 
 KEY_PREFIX = "ll-"
+KEY_SHAPE = re.compile(r"ll-[A-Za-z0-9_-]{43}")  # what create_key makes: token_urlsafe(32)
 
 
 @dataclass(frozen=True)
@@ -66,13 +71,48 @@ def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
+class _Lru(OrderedDict):  # type: ignore[type-arg]
+    """A dict that forgets its least recently used entries beyond `size`."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get_fresh(self, key: str):  # type: ignore[no-untyped-def]
+        value = self.get(key)
+        if value is not None:
+            self.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: object) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
 class Authenticator:
+    """Checks bearer keys, cheapest test first, so that unknown keys cost next to nothing:
+
+    1. the key's shape (`ll-` and 43 URL-safe characters): anything else is refused without
+       a hash or a lookup;
+    2. a cache of known keys and one of unknown ones, separate LRUs, so a flood of random
+       well-formed keys can never evict the keys real clients use;
+    3. the database, on a miss, at most `failures_per_minute` times a minute per client
+       address for keys that turn out unknown: past that the address gets 429 without a
+       lookup (keys it already used successfully keep working).
+    """
+
     def __init__(self, sessions: sessionmaker | None, cache_ttl_s: float,
-                 limiter: RateLimiter | None = None):
+                 limiter: RateLimiter | None = None, failures_per_minute: int = 60, cache_size: int = 10_000):
         self.sessions = sessions  # None: development mode, every caller is an admin
         self.cache_ttl_s = cache_ttl_s
         self.limiter = limiter or RateLimiter(0, 10)
-        self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self._known = _Lru(cache_size)  # key hash -> (Principal | None (revoked), valid until)
+        self._unknown = _Lru(cache_size)  # key hash -> valid until
+        self._failures = FailureLimiter(failures_per_minute)
+        self.refused_shape = 0  # counted for the metrics
+        self.refused_unknown = 0
 
     def _lookup(self, key_hash: str) -> Principal | None:
         assert self.sessions is not None
@@ -82,32 +122,84 @@ class Authenticator:
             return None
         return Principal(row.id, row.name, row.scope, row.tenant, row.log_prompts, row.rate_limit_rpm)
 
-    async def authenticate(self, authorization: str | None) -> Principal:
+    async def authenticate(self, authorization: str | None, client: str = "", charge: bool = True) -> Principal:
+        """The caller behind `authorization` (an HTTP header), from `client` (its address),
+        charged to its key's rate limit unless `charge` is false."""
         if self.sessions is None:
             return DEV_PRINCIPAL
         if not authorization or not authorization.startswith("Bearer "):
             raise Unauthenticated("Missing API key: send 'Authorization: Bearer <key>'.")
-        key_hash = hash_key(authorization[7:].strip())
-        now = time.monotonic()
-        cached = self._cache.get(key_hash)
-        if cached is not None and cached[1] > now:
-            principal = cached[0]
-        else:
-            try:
-                principal = await anyio.to_thread.run_sync(self._lookup, key_hash)
-            except (OperationalError, InterfaceError):
-                if cached is None:
-                    raise
-                # The database is restarting: a key seen recently keeps working meanwhile
-                # (a revocation made during the outage takes effect once it is back).
-                principal = cached[0]
-            if len(self._cache) > 10_000:  # unknown keys are cached too; keep it bounded
-                self._cache.clear()
-            self._cache[key_hash] = (principal, now + self.cache_ttl_s)
+        key = authorization[7:].strip()
+        if not KEY_SHAPE.fullmatch(key):
+            self.refused_shape += 1
+            raise Unauthenticated("Invalid API key.")
+        principal = await self._principal(hash_key(key), client)
         if principal is None:
+            self.refused_unknown += 1
             raise Unauthenticated("Invalid or revoked API key.")
-        await self.limiter.charge(principal.key_id, principal.rate_limit_rpm)
+        if charge:
+            await self.limiter.charge(principal.key_id, principal.rate_limit_rpm)
         return principal
+
+    async def _principal(self, key_hash: str, client: str) -> Principal | None:
+        now = time.monotonic()
+        known = self._known.get_fresh(key_hash)
+        if known is not None and known[1] > now:
+            return known[0]
+        unknown_until = self._unknown.get_fresh(key_hash)
+        if known is None and unknown_until is not None and unknown_until > now:
+            self._failures.charge(client)
+            return None
+        if known is None:  # a client that keeps guessing costs no more lookups
+            self._failures.check(client)
+        try:
+            principal = await anyio.to_thread.run_sync(self._lookup, key_hash)
+        except (OperationalError, InterfaceError):
+            if known is None:
+                raise
+            # The database is restarting: a key seen recently keeps working meanwhile
+            # (a revocation made during the outage takes effect once it is back).
+            return known[0]
+        if principal is None and known is None:
+            self._unknown.put(key_hash, now + self.cache_ttl_s)
+            self._failures.charge(client)
+        else:  # revoked keys stay here, so a revocation never makes room for random keys
+            self._known.put(key_hash, (principal, now + self.cache_ttl_s))
+        return principal
+
+
+class FailureLimiter:
+    """Failed key checks per client address: a token bucket of `per_minute` failures."""
+
+    def __init__(self, per_minute: int, addresses: int = 100_000):
+        self.rate = per_minute / 60.0
+        self.capacity = float(max(1, per_minute))
+        self._buckets = _Lru(addresses)  # address -> (tokens, at)
+
+    def check(self, client: str) -> None:
+        """RateLimited when `client` has no failure left to spend."""
+        tokens = self._tokens(client, time.monotonic())
+        if tokens < 1.0:
+            wait = math.ceil((1.0 - tokens) / self.rate)
+            raise RateLimited(f"Too many invalid API keys from this address. Retry in {wait} s.",
+                              retry_after_s=wait)
+
+    def charge(self, client: str) -> None:
+        """Spends one of `client`'s failures."""
+        now = time.monotonic()
+        self._buckets.put(client, (max(0.0, self._tokens(client, now) - 1.0), now))
+
+    def _tokens(self, client: str, now: float) -> float:
+        if self.rate <= 0:  # off
+            return self.capacity
+        tokens, at = self._buckets.get(client) or (self.capacity, now)
+        return min(self.capacity, tokens + (now - at) * self.rate)
+
+
+def client_address(request: Request) -> str:
+    """The caller's address as the server sees it (behind a proxy: run uvicorn with
+    --proxy-headers / --forwarded-allow-ips so it is the client's, not the proxy's)."""
+    return request.client.host if request.client else ""
 
 
 def require_admin(principal: Principal) -> Principal:

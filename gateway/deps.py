@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.auth import Principal, require_admin
+from gateway.auth import Principal, client_address, require_admin
 from gateway.state import GatewayState
 
 
@@ -16,7 +16,7 @@ def get_state(request: Request) -> GatewayState:
 
 async def get_principal(request: Request) -> Principal:
     state: GatewayState = request.app.state.gateway
-    return await state.auth.authenticate(request.headers.get("authorization"))
+    return await state.auth.authenticate(request.headers.get("authorization"), client_address(request))
 
 
 async def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:

@@ -1,9 +1,9 @@
 """The ports the gateway answers on. By default one: the API, the admin API, /metrics.
 
-With LORALOOP_ADMIN_PORT the admin API (`/admin/*`) answers only on that port (bound to
-LORALOOP_ADMIN_HOST, loopback by default), and that port answers nothing but the admin API
-and /health: the public port can face the internet while operators reach the admin surface
-through a private network, a firewall rule or an SSH tunnel. LORALOOP_ADMIN_API=false
+With LORALOOP_ADMIN_PORT the admin API (`/admin/*`) and /metrics answer only on that port
+(bound to LORALOOP_ADMIN_HOST, loopback by default), and that port answers nothing else but
+/health and /ready: the public port can face the internet while operators (and Prometheus)
+reach the admin surface through a private network, a firewall rule or an SSH tunnel. LORALOOP_ADMIN_API=false
 removes the admin API altogether (operators then use the CLI on the database).
 """
 
@@ -19,10 +19,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.errors import error_body
 
 ADMIN_PREFIX = "/admin"
+BOTH_PORTS = ("/health", "/ready")
+
+
+def on_admin_port(scope: Scope, admin_port: int | None) -> bool:
+    return bool(admin_port) and (scope.get("server") or (None, None))[1] == admin_port
 
 
 class AdminPortOnly:
-    """ASGI middleware: /admin/* only on `admin_port`, and only /admin/* and /health there."""
+    """ASGI middleware: /admin/* and /metrics only on `admin_port`, and only they, /health
+    and /ready there."""
 
     def __init__(self, app: ASGIApp, admin_port: int):
         self.app = app
@@ -31,9 +37,8 @@ class AdminPortOnly:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            on_admin_port = (scope.get("server") or (None, None))[1] == self.admin_port
-            is_admin = path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
-            if is_admin != on_admin_port and path != "/health":
+            is_admin = path in (ADMIN_PREFIX, "/metrics") or path.startswith(ADMIN_PREFIX + "/")
+            if is_admin != on_admin_port(scope, self.admin_port) and path not in BOTH_PORTS:
                 where = "the admin port" if is_admin else "the API port"
                 body = error_body(f"No route {path} here; it is served on {where}.", "not_found_error", "not_found")
                 await JSONResponse(body, 404)(scope, receive, send)

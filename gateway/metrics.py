@@ -146,6 +146,9 @@ class _LiveCollector(Collector):
                                 value=log.queue.maxsize)
         yield CounterMetricFamily("loraloop_interaction_log_dropped", "Interactions dropped: the queue was full.",
                                   value=log.dropped)
+        yield CounterMetricFamily("loraloop_interaction_log_refused",
+                                  "Interactions the database refused (unstorable values); dropped alone.",
+                                  value=log.refused)
         yield CounterMetricFamily("loraloop_interaction_log_written", "Interactions committed to the database.",
                                   value=log.written)
         limiter = self.state.auth.limiter

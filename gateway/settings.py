@@ -64,12 +64,17 @@ class Settings(StoreSettings):
     admin_api: bool = Field(True, description="Serve the admin API (/admin/*); false: the CLI only.")
     admin_port: int | None = Field(None, description="Serve the admin API only on this port (gateway/listeners.py).")
     admin_host: str = Field("127.0.0.1", description="Interface of the admin port.")
+    metrics_public: bool = Field(
+        False, description="Serve /metrics and /ready's details to anyone (a trusted network only): "
+                           "they name upstreams, aliases and versions.")
 
     upstreams: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="vLLM base URLs, comma separated. Empty: start and supervise one.")
     served_model_name: str = Field(
         "", description="Name apps use for the base model; empty: the upstream's own name.")
+    upstream_api_key: str = Field(
+        "", description="Bearer token the gateway sends to vLLM replicas (vLLM --api-key); empty: none.")
 
     max_body_bytes: int = Field(4 << 20, description="Larger request bodies get 413.")
     connect_timeout_s: float = 3.0
@@ -78,6 +83,8 @@ class Settings(StoreSettings):
     retry_after_s: int = Field(5, description="Retry-After sent with 503 when no upstream is up.")
     registry_refresh_s: float = Field(2.0, description="How stale the routing table may get.")
     auth_cache_ttl_s: float = Field(5.0, description="How long a revoked key may still pass.")
+    auth_failures_per_minute: int = Field(
+        60, description="Unknown keys one client address may try a minute before 429 (0: no limit).")
     rate_limit_rpm: int = Field(0, description="Requests per minute per key (0: unlimited); keys may override.")
     rate_limit_burst_s: float = Field(10.0, description="A key may burst this many seconds of its rate.")
     rate_limit_redis_url: str | None = Field(

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse
 
 from adapters.errors import InvalidRequest, NotFound
 from adapters.feedback import Rating
+from gateway.auth import client_address
 from gateway.errors import invalid_request
 from gateway.feedback.schemas import RATINGS, FeedbackRequest
 from gateway.openai_api.requests import read_body
@@ -24,7 +25,7 @@ router = APIRouter()
 
 async def post_feedback(request: Request) -> JSONResponse:
     state: GatewayState = request.app.state.gateway
-    caller = await state.auth.authenticate(request.headers.get("authorization"))
+    caller = await state.auth.authenticate(request.headers.get("authorization"), client_address(request))
     try:
         body = FeedbackRequest.model_validate_json(await read_body(request, 64_000))
     except pydantic.ValidationError as exc:

@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth import client_address
 from gateway.deps import Caller, State
 from gateway.interaction_log import Record
 from gateway.openai_api.requests import parse_completion_request, read_body
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/v1")
 async def _complete(kind: str, request: Request) -> Response:
     started = time.perf_counter()
     state: GatewayState = request.app.state.gateway
-    caller = await state.auth.authenticate(request.headers.get("authorization"))
+    caller = await state.auth.authenticate(request.headers.get("authorization"), client_address(request))
     state.log.admit()
     raw = await read_body(request, state.settings.max_body_bytes)
     body = parse_completion_request(raw, kind)

@@ -39,14 +39,19 @@ class Gateway:
     champion: str  # champion of alias "default"
     settings: Settings
 
+    def operator_get(self, path: str):  # type: ignore[no-untyped-def]
+        """GET `path` as an operator (the admin key): /metrics, /ready's details."""
+        return self.http.get(path, headers={"authorization": f"Bearer {self.admin_key}"})
+
     def sdk(self, key: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(base_url="http://testserver/v1", api_key=key or self.app_key,
                              http_client=self.http, max_retries=0)
 
 
 def make_gateway(tmp_path: Path, db_url: str, **overrides) -> Gateway:
-    settings = Settings(data_dir=tmp_path, database_url=db_url, upstreams=[], auth="keys",
-                        health_interval_s=3600, registry_refresh_s=3600, auth_cache_ttl_s=0, **overrides)
+    settings = Settings(**{"data_dir": tmp_path, "database_url": db_url, "upstreams": [], "auth": "keys",
+                           "health_interval_s": 3600, "registry_refresh_s": 3600, "auth_cache_ttl_s": 0,
+                           **overrides})
     fleet = FakeFleet(2)
     settings = settings.model_copy(update={"upstreams": fleet.urls})
     engine = make_engine(db_url)

@@ -163,3 +163,60 @@ def test_names_that_try_to_leave_the_store_are_plain_not_found(gw: Gateway, name
     for resp in (shown, promoted, started):
         assert resp.status_code in (400, 404) and set(resp.json()["error"]) >= {"message", "type"}
     assert sum(len(r.loads) for r in gw.fleet.replicas.values()) == 0  # nothing was loaded anywhere
+
+
+def _unknown_key() -> str:
+    import secrets
+
+    return "ll-" + secrets.token_urlsafe(32)
+
+
+def test_keys_of_the_wrong_shape_cost_no_database_lookup(gw: Gateway) -> None:
+    """Pre-auth load: a bearer token that cannot be a key is refused before it is hashed,
+    looked up or cached."""
+    auth = gw.http.app.state.gateway.auth
+    lookups: list[str] = []
+    original = auth._lookup
+    auth._lookup = lambda key_hash: lookups.append(key_hash) or original(key_hash)
+    for token in ("x", "ll-short", "sk-" + "a" * 43, "ll-" + "!" * 43, "ll-" + "a" * 4000):
+        with pytest.raises(openai.AuthenticationError):
+            chat(gw.sdk(token), "default")
+    assert lookups == [] and len(auth._known) + len(auth._unknown) == 0
+    chat(gw.sdk(), "default")
+    assert len(lookups) == 1
+
+
+def test_random_keys_never_evict_the_keys_clients_use(tmp_path: Path, db_url: str) -> None:
+    """The cache used to be wiped whole at 10,000 entries, unknown keys included: a flood of
+    random keys evicted every valid one and sent each request to the database."""
+    gw = make_gateway(tmp_path, db_url, auth_cache_ttl_s=3600, auth_failures_per_minute=0)
+    with gw.http:
+        auth = gw.http.app.state.gateway.auth
+        auth._known.size = auth._unknown.size = 50
+        chat(gw.sdk(), "default")
+        lookups: list[str] = []
+        original = auth._lookup
+        auth._lookup = lambda key_hash: lookups.append(key_hash) or original(key_hash)
+        for _ in range(200):
+            with pytest.raises(openai.AuthenticationError):
+                chat(gw.sdk(_unknown_key()), "default")
+        assert len(auth._unknown) == 50  # bounded
+        lookups.clear()
+        chat(gw.sdk(), "default")
+        assert lookups == []  # still cached
+
+
+def test_an_address_guessing_keys_is_slowed_down_and_others_are_not(tmp_path: Path, db_url: str) -> None:
+    gw = make_gateway(tmp_path, db_url, auth_failures_per_minute=10)
+    with gw.http:
+        chat(gw.sdk(), "default")  # a real client from the same address, seen before the flood
+        statuses = []
+        for _ in range(15):
+            try:
+                chat(gw.sdk(_unknown_key()), "default")
+            except openai.APIStatusError as err:
+                statuses.append(err.status_code)
+        assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+        assert chat(gw.sdk(), "default").status_code == 200  # a known key still passes
+        auth = gw.http.app.state.gateway.auth
+        auth._failures.check("10.0.0.2")  # another address is unaffected (no exception)

@@ -281,7 +281,7 @@ def test_a_second_gateway_converges_within_its_refresh_interval(gw: Gateway) -> 
 def test_replicas_hold_what_aliases_serve_and_free_retired_versions(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
     """The probe loop loads champions and canaries onto every replica before their traffic
     (also after a restart) and unloads a version once it retires."""
-    from gateway.app import _probe
+    from gateway.background import probe as _probe
 
     state = gw.http.app.state.gateway
     replicas = list(gw.fleet.replicas.values())

@@ -167,7 +167,7 @@ def test_failover_before_first_byte(gw: Gateway) -> None:
     down.down = True
     for _ in range(4):
         assert chat(gw.sdk(), "default").parse().choices[0].message.content.endswith(up.url)
-    ready = gw.http.get("/ready").json()
+    ready = gw.operator_get("/ready").json()
     assert ready["healthy_upstreams"] == [up.url]
 
 
@@ -177,7 +177,7 @@ def test_a_dropped_connection_is_retried_on_the_same_replica(gw: Gateway) -> Non
     second.down = True
     first.break_next = 1
     assert chat(gw.sdk(), BASE).parse().choices[0].message.content.endswith(first.url)
-    assert gw.http.get("/ready").json()["healthy_upstreams"] == [first.url]
+    assert gw.operator_get("/ready").json()["healthy_upstreams"] == [first.url]
 
 
 def test_a_replica_dropping_every_connection_is_failed_over(gw: Gateway) -> None:
@@ -195,11 +195,11 @@ def test_a_busy_replica_stays_in_rotation_until_probes_keep_timing_out(gw: Gatew
     busy.slow_probes = True
     for probes in range(1, 4):
         gw.http.portal.call(fleet.probe_all)
-        healthy = gw.http.get("/ready").json()["healthy_upstreams"]
+        healthy = gw.operator_get("/ready").json()["healthy_upstreams"]
         assert (busy.url in healthy) == (probes < fleet.SLOW_PROBES_TO_DOWN)
     busy.slow_probes = False
     gw.http.portal.call(fleet.probe_all)
-    assert busy.url in gw.http.get("/ready").json()["healthy_upstreams"]
+    assert busy.url in gw.operator_get("/ready").json()["healthy_upstreams"]
 
 
 def test_all_upstreams_down_is_503_with_retry_after_then_recovers(gw: Gateway) -> None:
@@ -253,7 +253,7 @@ def test_upstream_client_errors_pass_through_in_openai_shape(gw: Gateway) -> Non
     with pytest.raises(openai.BadRequestError) as err:
         chat(gw.sdk(), BASE, max_tokens=10**6)
     assert err.value.body["param"] == "max_tokens"
-    assert len(gw.http.get("/ready").json()["healthy_upstreams"]) == 2
+    assert len(gw.operator_get("/ready").json()["healthy_upstreams"]) == 2
 
 
 def test_auth_none_is_refused_outside_development() -> None:

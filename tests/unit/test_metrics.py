@@ -15,7 +15,7 @@ from tests.unit.test_feedback import rate
 
 
 def scrape(gw: Gateway) -> dict[tuple[str, frozenset], float]:
-    resp = gw.http.get("/metrics")
+    resp = gw.operator_get("/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(resp.text) for s in family.samples}
@@ -183,7 +183,7 @@ def test_experiments_are_exported_with_the_sequential_test(gw: Gateway) -> None:
         assert rate(gw, id=answer.id, rating="up").status_code == 200
     experiments.judge_all(sessions, experiments.Policy())
     engine.dispose()
-    from gateway.app import _refresh_stats
+    from gateway.background import refresh_stats as _refresh_stats
 
     gw.http.portal.call(_refresh_stats, state)
     samples = scrape(gw)
