@@ -50,7 +50,7 @@ def sessions_for(settings: Settings):  # type: ignore[no-untyped-def]
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     from gateway import listeners
     from gateway.app import create_app
-    from gateway.engine.supervisor import EngineSupervisor
+    from gateway.engine.supervisor import EngineSupervisor, new_api_key
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     supervisor = None
@@ -61,9 +61,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         if not settings.base_model and engine.dtype == "auto":
             # The demo model is tiny: fp32 costs nothing and gives tokens identical to HF/PEFT.
             engine = engine.model_copy(update={"dtype": "float32"})
-        supervisor = EngineSupervisor(model, name, engine, settings.data_dir / "logs" / "vllm.log")
+        # a key per start: no other local process can load adapters into the vLLM on loopback
+        supervisor = EngineSupervisor(model, name, engine, settings.data_dir / "logs" / "vllm.log",
+                                      api_key=settings.upstream_api_key or new_api_key())
         supervisor.start()
-        settings = settings.model_copy(update={"upstreams": [supervisor.url], "served_model_name": name})
+        settings = settings.model_copy(update={"upstreams": [supervisor.url], "served_model_name": name,
+                                               "upstream_api_key": supervisor.api_key})
     # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown; turning that into an
     # exception lets the engine be stopped below instead of orphaned.
     signal.signal(signal.SIGTERM, _exit_on_signal)

@@ -10,6 +10,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,18 +26,28 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def vllm_command(model: str, served_name: str, engine: EngineSettings) -> list[str]:
+def new_api_key() -> str:
+    """A fresh random key for one embedded vLLM (a new one every `loraloop serve`)."""
+    return secrets.token_urlsafe(32)
+
+
+def vllm_command(model: str, served_name: str, engine: EngineSettings, api_key: str = "") -> list[str]:
+    """The launcher's command line; with `api_key`, every route but the probes requires it
+    (gateway/engine/api_key.py: vLLM's own check leaves adapter loading at /adapters open)."""
+    guard = ["--middleware", "gateway.engine.api_key.RequireApiKey"] if api_key else []
     return [
         sys.executable, "-m", "gateway.engine.vllm_launcher",
         "--model", model, "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(engine.port),
         "--enable-lora", "--max-lora-rank", str(engine.max_lora_rank),
         "--max-loras", str(engine.max_loras), "--max-model-len", str(engine.max_model_len),
-        "--dtype", engine.dtype, *engine.extra_args,
+        "--dtype", engine.dtype, *guard, *engine.extra_args,
     ]
 
 
-def vllm_env(engine: EngineSettings) -> dict[str, str]:
+def vllm_env(engine: EngineSettings, api_key: str = "") -> dict[str, str]:
+    """The launcher's environment. The key travels here, not on the command line: any local
+    user can read a process's arguments, only its owner its environment."""
     env = dict(os.environ)
     env.update({
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",  # the fleet loads adapters at run time
@@ -45,6 +56,8 @@ def vllm_env(engine: EngineSettings) -> dict[str, str]:
         "DO_NOT_TRACK": "1",
         "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
     })
+    if api_key:
+        env["VLLM_API_KEY"] = api_key  # vLLM's --api-key, and RequireApiKey's
     return env
 
 
@@ -56,11 +69,15 @@ def _term_when_parent_dies() -> None:
 
 
 class EngineSupervisor:
-    """Keeps one vLLM server alive: start, wait until healthy, restart with backoff on exit."""
+    """Keeps one vLLM server alive: start, wait until healthy, restart with backoff on exit.
 
-    def __init__(self, model: str, served_name: str, engine: EngineSettings, log_path: Path):
-        self.command = vllm_command(model, served_name, engine)
-        self.env = vllm_env(engine)
+    With `api_key`, the server requires it (`Authorization: Bearer`) on every route but
+    /health and /metrics, across restarts: what the gateway sends as LORALOOP_UPSTREAM_API_KEY."""
+
+    def __init__(self, model: str, served_name: str, engine: EngineSettings, log_path: Path, api_key: str = ""):
+        self.api_key = api_key
+        self.command = vllm_command(model, served_name, engine, api_key)
+        self.env = vllm_env(engine, api_key)
         self.url = f"http://127.0.0.1:{engine.port}"
         self.startup_timeout_s = engine.startup_timeout_s
         self.log_path = log_path
