@@ -159,3 +159,53 @@ def test_gateways_share_rate_limits_through_a_redis_the_deployment_runs() -> Non
                  and labels.items() <= service["spec"]["selector"].items()]
     assert [f["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"] for f in rule["from"]] \
         == [{"app": "gateway"}]
+
+
+def _workload(docs: list[tuple[str, dict]], name: str) -> dict:
+    return next(d for _, d in docs if d["kind"] in ("Deployment", "StatefulSet") and d["metadata"]["name"] == name)
+
+
+def _secret_ref(container: dict, variable: str) -> dict:
+    (env,) = [e for e in container["env"] if e["name"] == variable]
+    return env["valueFrom"]["secretKeyRef"]
+
+
+def test_only_the_gateways_reach_vllm_and_with_its_key() -> None:
+    """vLLM loads whatever adapter it is told to at run time, and its --api-key leaves some of
+    the routes that do so open (deploy/README.md): a NetworkPolicy lets only the gateway pods
+    (and a Prometheus, by namespace and labels both) reach its port, and the key vLLM requires
+    is the one the gateway sends, from one Secret."""
+    docs = k8s_docs()
+    vllm, gateway = _workload(docs, "vllm"), _workload(docs, "gateway")
+    vllm_labels = vllm["spec"]["template"]["metadata"]["labels"]
+    (policy,) = [d for _, d in docs if d["kind"] == "NetworkPolicy"
+                 and d["spec"]["podSelector"].get("matchLabels", {}).items() <= vllm_labels.items()]
+    assert policy["spec"]["podSelector"]["matchLabels"] and policy["spec"]["policyTypes"] == ["Ingress"]
+    (container,) = _containers(vllm)
+    port_names = {p["name"] for p in container["ports"]} | {p["containerPort"] for p in container["ports"]}
+    peers = []
+    for rule in policy["spec"]["ingress"]:
+        assert rule["ports"] and all(p["port"] in port_names for p in rule["ports"])
+        peers += rule["from"]
+    in_namespace = [p["podSelector"]["matchLabels"] for p in peers if "namespaceSelector" not in p]
+    assert in_namespace == [{"app": "gateway"}]
+    assert in_namespace[0].items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    for peer in peers:  # anything else: one namespace's pods of one kind, never a whole namespace or range
+        assert "ipBlock" not in peer and peer["podSelector"].get("matchLabels")
+        assert "namespaceSelector" not in peer or peer["namespaceSelector"].get("matchLabels")
+    trainer = next(d for _, d in docs if d["kind"] == "CronJob" and d["metadata"]["name"] == "trainer")
+    trainer_labels = trainer["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    assert not any(p["podSelector"]["matchLabels"].items() <= trainer_labels.items() for p in peers)
+
+    key = _secret_ref(container, "VLLM_API_KEY")
+    (gateway_container,) = _containers(gateway)
+    assert _secret_ref(gateway_container, "LORALOOP_UPSTREAM_API_KEY") == key
+    assert key["name"] == "loraloop" and not key.get("optional")  # a missing key stops the pods, never opens vLLM
+
+    services = compose()["services"]
+    assert services["vllm"]["environment"]["VLLM_API_KEY"] == \
+        services["gateway"]["environment"]["LORALOOP_UPSTREAM_API_KEY"] == "${VLLM_API_KEY:?set it in deploy/.env}"
+    vllm_networks = set(services["vllm"]["networks"])
+    assert "default" not in vllm_networks and "ports" not in services["vllm"]
+    reach = {name for name, s in services.items() if vllm_networks & set(s.get("networks", ["default"]))}
+    assert reach == {"vllm", "gateway", "prometheus"}
