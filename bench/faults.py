@@ -133,7 +133,8 @@ class Stack:
         self.data, self.port = data, 9401
         self.env = {**os.environ, "LORALOOP_DATA_DIR": str(data), "LORALOOP_DATABASE_URL": db_url,
                     "LORALOOP_PORT": str(self.port), "PYTHONPATH": str(ROOT),
-                    "LORALOOP_EXPERIMENTS__CHECK_INTERVAL_S": "2"}
+                    "LORALOOP_EXPERIMENTS__CHECK_INTERVAL_S": "2",
+                    "LORALOOP_METRICS_PUBLIC": "true"}  # loopback only: /ready's details without a key
         self.replicas = [EngineSupervisor(str(model), DEMO_MODEL_NAME, EngineSettings(port=port, dtype="float32"),
                                           data / "logs" / f"vllm-{port}.log") for port in (9411, 9412)]
         for core, replica in enumerate(self.replicas):

@@ -83,12 +83,16 @@ def monitored(vllm: EngineSupervisor, demo_model: Path, adapter_dirs: dict[str, 
                         health_interval_s=0.5, stats_refresh_s=1, upstream_timeout_s=60,
                         experiments=ExperimentSettings(check_interval_s=1))
     key = seed(settings, demo_model, adapter_dirs)
-    with serve(settings) as gateway, running_prometheus(gateway, vllm.url, data) as prom:
+    engine = make_engine(settings.db_url)
+    with make_sessionmaker(engine).begin() as session:  # /metrics is for operators: Prometheus sends an admin key
+        admin_key, _ = auth.create_key(session, "prometheus", Scope.admin)
+    engine.dispose()
+    with serve(settings) as gateway, running_prometheus(gateway, vllm.url, data, admin_key) as prom:
         yield gateway, key, prom
 
 
 @contextmanager
-def running_prometheus(gateway: str, vllm: str, data: Path) -> Iterator[str]:
+def running_prometheus(gateway: str, vllm: str, data: Path, admin_key: str) -> Iterator[str]:
     """Debian's Prometheus on loopback with deploy/prometheus's rules; yields its URL."""
     # deploy/prometheus/prometheus.yml as shipped, scraping this gateway and this vLLM every second
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
@@ -97,6 +101,8 @@ def running_prometheus(gateway: str, vllm: str, data: Path) -> Iterator[str]:
     targets = {"loraloop-gateway": gateway.removeprefix("http://"), "vllm": vllm.removeprefix("http://")}
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        if job["job_name"] == "loraloop-gateway":  # as the shipped config's comment says
+            job["authorization"] = {"type": "Bearer", "credentials": admin_key}
     (data / "prometheus.yml").write_text(yaml.safe_dump(config))
     prom_port = free_port()
     prom = f"http://127.0.0.1:{prom_port}"

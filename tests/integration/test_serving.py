@@ -131,7 +131,8 @@ def test_client_leaving_mid_stream_frees_its_slot(gateway: LiveGateway) -> None:
                 assert resp.status_code == 200
                 next(resp.iter_raw())  # read the first chunk, then hang up
     deadline = time.monotonic() + 10
-    while httpx.get(f"{gateway.url}/ready").json()["upstreams"][0]["in_flight"] != 0:
+    operator = {"authorization": f"Bearer {gateway.admin_key}"}  # /ready's details are for operators
+    while httpx.get(f"{gateway.url}/ready", headers=operator).json()["upstreams"][0]["in_flight"] != 0:
         assert time.monotonic() < deadline, "abandoned streams still counted in flight"
         time.sleep(0.2)
     assert style_of(ask(gateway.sdk(), "default", "Vera", 4), "Vera") == FORMAL
