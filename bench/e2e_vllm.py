@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import tempfile
 import time
@@ -61,13 +62,16 @@ def main() -> None:
         data = Path(tmp)
         (data / "models").symlink_to(CACHE / "models")
         env = {**os.environ, "LORALOOP_DATA_DIR": str(data), "LORALOOP_PORT": "9301",
-               "LORALOOP_ENGINE__PORT": "9302", "PYTHONPATH": str(ROOT)}
+               "LORALOOP_ENGINE__PORT": "9302", "PYTHONPATH": str(ROOT),
+               # the embedded vLLM takes calls with its key only; the direct case needs it too
+               "LORALOOP_UPSTREAM_API_KEY": secrets.token_urlsafe(24)}
         key = cli(env, "keys", "create", "--name", "bench")["key"]
         version = cli(env, "adapters", "add", str(adapter), "--approve")["name"]
         with serving(env, 9301, data / "serve.log"):
             auth = {"Authorization": f"Bearer {key}"}
             # Through the gateway first: it loads the adapter on vLLM, which direct calls then use.
-            cases = [("gateway", "http://127.0.0.1:9301", auth), ("direct", "http://127.0.0.1:9302", {})]
+            vllm_auth = {"Authorization": f"Bearer {env['LORALOOP_UPSTREAM_API_KEY']}"}
+            cases = [("gateway", "http://127.0.0.1:9301", auth), ("direct", "http://127.0.0.1:9302", vllm_auth)]
             results: dict[tuple[str, str], list[float]] = {}
             runs = [(route, url, headers, kind, model) for route, url, headers in cases
                     for kind, model in (("base", "loraloop-demo"), ("adapter", version))]

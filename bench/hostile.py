@@ -158,7 +158,8 @@ def database_checks(db_url: str, acknowledged: list[str], answered: list[str], s
         rated = set(session.scalars(select(Feedback.interaction_id).distinct()))
         logged = set(session.scalars(select(Interaction.id)))
         vote = votes()
-        counted = session.scalar(select(func.count()).select_from(vote).where(vote.c.interaction_id.in_(stuffed[:5000])))
+        counted = session.scalar(select(func.count()).select_from(vote)
+                                 .where(vote.c.interaction_id.in_(stuffed[:5000])))
         rows = session.scalar(select(func.count()).select_from(Feedback)
                               .where(Feedback.interaction_id.in_(stuffed[:5000])))
     engine.dispose()
@@ -197,7 +198,7 @@ def main() -> None:
             alone.run(args.phase_s)
             beside = Normal(key, args.users)
             attack: dict = {}
-            thread = threading.Thread(target=lambda: attack.update(
+            thread = threading.Thread(target=lambda into=attack: into.update(
                 asyncio.run(hostile(bad_key, args.phase_s, args.random_key_rps))))
             thread.start()
             beside.run(args.phase_s)
