@@ -2,7 +2,9 @@
 
 Replicas forget their adapters when they restart; the fleet learns that from the next probe
 (or from a 404 on use) and loads them again on demand, so a restarted replica reconciles
-itself without an operator.
+itself without an operator. What a replica holds is only ever replaced by what a probe read
+from it, never cleared on a guess: a replica taken out of rotation for a transient error
+comes back with its adapters, without a reload storm.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class Replica:
     base_model: str | None = None  # the name the replica serves its base model under
     loaded: set[str] = field(default_factory=set)  # adapter versions it holds now
     slow_probes: int = 0  # consecutive probes that timed out
+    failures: int = 0  # consecutive completions answered 502/503/504
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
 
@@ -33,11 +36,18 @@ class Fleet:
     # A replica busy generating can answer a probe late; only this many timeouts in a row
     # (or a refused connection at once) take it out of rotation.
     SLOW_PROBES_TO_DOWN = 3
+    # A 502/503/504 is often one overloaded moment or a proxy hiccup: the request moves on,
+    # the replica stays in rotation until this many in a row (or a probe) say it is down.
+    FAILURES_TO_DOWN = 3
 
-    def __init__(self, urls: list[str], client: httpx.AsyncClient, probe_timeout_s: float = 5.0):
+    def __init__(self, urls: list[str], client: httpx.AsyncClient, probe_timeout_s: float = 5.0,
+                 load_timeout_s: float = 30.0):
         self.replicas = [Replica(url) for url in urls]
         self.client = client
         self.probe_timeout_s = probe_timeout_s
+        # Loads and unloads get their own deadline, far shorter than a completion's: a hung
+        # load must not hold a request (or a reconcile round) for the upstream timeout.
+        self.load_timeout_s = load_timeout_s
         self.down_events: dict[str, int] = {}  # url -> times taken out of rotation
         self.unloaded: set[str] = set()  # retired versions already unloaded everywhere
         self._next = 0
@@ -75,14 +85,30 @@ class Fleet:
         replica.healthy = True
 
     async def probe_all(self) -> None:
+        """Probes every replica at once."""
         await asyncio.gather(*(self.probe(r) for r in self.replicas))
 
     def mark_down(self, replica: Replica, reason: object) -> None:
+        """Takes `replica` out of rotation until a probe finds it up. Its `loaded` is kept:
+        the next successful probe replaces it with what the replica lists (none after a
+        restart), so guessing here could only cause needless reloads."""
         log.warning("replica %s is down: %r", replica.url, reason)
         if replica.healthy:
             self.down_events[replica.url] = self.down_events.get(replica.url, 0) + 1
         replica.healthy = False
-        replica.loaded.clear()
+        replica.failures = 0  # it starts afresh once a probe brings it back
+
+    def report_failure(self, replica: Replica, reason: object) -> None:
+        """A completion on `replica` was answered 502/503/504: out of rotation only after
+        FAILURES_TO_DOWN in a row."""
+        replica.failures += 1
+        log.warning("replica %s failed a request (%d in a row): %r", replica.url, replica.failures, reason)
+        if replica.failures >= self.FAILURES_TO_DOWN:
+            self.mark_down(replica, reason)
+
+    def report_success(self, replica: Replica) -> None:
+        """A completion on `replica` got an answer that was not a 502/503/504."""
+        replica.failures = 0
 
     async def ensure_loaded(self, replica: Replica, name: str, path: str) -> None:
         """Loads adapter version `name` on `replica` unless it already holds it."""
@@ -92,8 +118,16 @@ class Fleet:
         async with lock:
             if name in replica.loaded:
                 return
-            resp = await self.client.post(f"{replica.url}/v1/load_lora_adapter",
-                                          json={"lora_name": name, "lora_path": path})
+            try:
+                # The deadline covers the whole call: httpx's timeouts are per read, and a
+                # replica trickling bytes (or a transport without timeouts) could hold it forever.
+                async with asyncio.timeout(self.load_timeout_s):
+                    resp = await self.client.post(f"{replica.url}/v1/load_lora_adapter",
+                                                  json={"lora_name": name, "lora_path": path},
+                                                  timeout=self.load_timeout_s)
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                raise AdapterLoadFailed(f"replica {replica.url} did not load adapter {name} "
+                                        f"within {self.load_timeout_s:g} s") from exc
             # 400 "already loaded" means another gateway replica got there first: fine.
             if resp.status_code == 200 or (resp.status_code == 400 and "already" in resp.text):
                 replica.loaded.add(name)
@@ -109,28 +143,43 @@ class Fleet:
     async def reconcile(self, live: dict[str, str], retired: frozenset[str]) -> None:
         """Every healthy replica loads the `live` versions (name -> path: what aliases route
         to) before their traffic arrives, also after a restart; a version that retired gives
-        its slot back, once (a pinned request may load it again)."""
-        for replica in self.replicas:
+        its slot back, once (a pinned request may load it again). Replicas load at the same
+        time, each its versions one after the other: one slow replica delays only itself."""
+
+        async def load_all(replica: Replica) -> None:
             for name, path in live.items():
                 if replica.healthy and name not in replica.loaded:
                     try:
                         await self.ensure_loaded(replica, name, path)
                     except (AdapterLoadFailed, httpx.HTTPError) as exc:  # not routed until it loads
                         log.warning("could not load %s on %s: %r", name, replica.url, exc)
-        for name in retired - self.unloaded:
-            await self.unload(name)
-            self.unloaded.add(name)
 
-    async def unload(self, name: str) -> None:
-        """Frees `name`'s slot on every replica holding it (a retired version)."""
-        for replica in self.replicas:
-            if replica.healthy and name in replica.loaded:
-                resp = await self.client.post(f"{replica.url}/v1/unload_lora_adapter", json={"lora_name": name})
-                if resp.status_code in (200, 404):  # 404: it was gone already
-                    replica.loaded.discard(name)
-                    log.info("unloaded adapter %s from %s", name, replica.url)
-                else:
-                    log.warning("replica %s refused to unload %s: %s", replica.url, name, resp.status_code)
+        await asyncio.gather(*(load_all(r) for r in self.replicas))
+        for name in retired - self.unloaded:
+            if await self.unload(name):
+                self.unloaded.add(name)
+
+    async def unload(self, name: str) -> bool:
+        """Frees `name`'s slot on every replica holding it (a retired version), on all of
+        them at once. False when some replica could not be reached: try again later."""
+
+        async def unload_from(replica: Replica) -> bool:
+            try:
+                async with asyncio.timeout(self.load_timeout_s):
+                    resp = await self.client.post(f"{replica.url}/v1/unload_lora_adapter",
+                                                  json={"lora_name": name}, timeout=self.load_timeout_s)
+            except (TimeoutError, httpx.HTTPError) as exc:  # the slot stays taken; harmless
+                log.warning("could not unload %s from %s: %r", name, replica.url, exc)
+                return False
+            if resp.status_code in (200, 404):  # 404: it was gone already
+                replica.loaded.discard(name)
+                log.info("unloaded adapter %s from %s", name, replica.url)
+            else:  # a refusal would be refused again: not retried
+                log.warning("replica %s refused to unload %s: %s", replica.url, name, resp.status_code)
+            return True
+
+        done = await asyncio.gather(*(unload_from(r) for r in self.replicas if r.healthy and name in r.loaded))
+        return all(done)
 
     def forget(self, replica: Replica, name: str) -> None:
         """Called when a replica turns out not to hold `name` after all (it restarted)."""

@@ -1,7 +1,8 @@
-"""The gateway's background loops, each on its own interval: replica health probes, routing
-table refreshes, dashboard figures from the database, the experiment judge, and the two
-writers (interaction log, ratings). `running(state)` starts them all and, on the way out,
-writes what the log still holds before stopping them."""
+"""The gateway's background loops, each on its own interval: replica health probes, loading
+what the routes need onto the replicas (apart from the probes), routing table refreshes,
+dashboard figures from the database, the experiment judge, and the two writers (interaction
+log, ratings). `running(state)` starts them all and, on the way out, writes what the log
+still holds before stopping them."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ async def running(state: GatewayState) -> AsyncIterator[None]:
     await state.router.refresh()
     await refresh_stats(state)
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(every, settings.health_interval_s, lambda: probe(state))
+        # Probing and loading on separate loops: a hung adapter load must not stop the
+        # probes that notice a replica going down (or coming back).
+        tasks.start_soon(every, settings.health_interval_s, lambda: probe_health(state))
+        tasks.start_soon(every, settings.health_interval_s, state.sync_fleet)
         tasks.start_soon(every, settings.registry_refresh_s, state.router.refresh)
         tasks.start_soon(every, settings.stats_refresh_s, lambda: refresh_stats(state))
         tasks.start_soon(every, settings.experiments.check_interval_s, lambda: judge_experiments(state))
@@ -50,9 +54,16 @@ def adopt_base_model(state: GatewayState) -> None:
         state.router.base_model = name
 
 
-async def probe(state: GatewayState) -> None:
+async def probe_health(state: GatewayState) -> None:
+    """One round of health probes: which replicas are up and what each holds."""
     await state.fleet.probe_all()
     adopt_base_model(state)
+
+
+async def probe(state: GatewayState) -> None:
+    """One probe round, then one reconcile round on what it found (the loops run the two
+    apart; this is the both-at-once a caller waiting for a converged fleet wants)."""
+    await probe_health(state)
     await state.sync_fleet()
 
 
