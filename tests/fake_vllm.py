@@ -2,11 +2,14 @@
 
 It answers what the gateway uses of vLLM's API (models, runtime LoRA loading, completions,
 SSE streaming) and records every request, so tests can assert what reached the engine.
-Replicas can be taken down (connection refused) or made slow (read timeout).
+Replicas can be taken down (connection refused) or made slow (read timeout), answer
+completions 502/503/504, refuse or hang adapter loads, take their time over an answer (and
+count the requests cancelled meanwhile), or stream long answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -22,6 +25,13 @@ class FakeReplica:
     slow: bool = False
     slow_probes: bool = False  # /v1/models times out (a replica too busy to answer)
     break_next: int = 0  # this many completion requests end with the connection dropped
+    error_next: int = 0  # this many completion requests are answered `error_status`
+    error_status: int = 503
+    refuse_loads: bool = False  # load_lora_adapter answers 500
+    hang_loads: bool = False  # load_lora_adapter never answers
+    answer_delay_s: float = 0.0  # a non-streamed answer takes this long (vLLM answers when done)
+    aborted: int = 0  # completion requests cancelled (the gateway closed them) before the answer
+    stream_words: int = 0  # a streamed answer has this many words (0: the short default answer)
     loaded: dict[str, str] = field(default_factory=dict)
     seen: list[dict] = field(default_factory=list)  # bodies of completion requests
     loads: list[str] = field(default_factory=list)
@@ -61,6 +71,10 @@ class FakeFleet:
             return httpx.Response(200, text="ok")
         if path == "/v1/load_lora_adapter":
             body = json.loads(request.content)
+            if replica.hang_loads:
+                await asyncio.Event().wait()  # until the caller gives up (cancels)
+            if replica.refuse_loads:
+                return httpx.Response(500, json={"error": {"message": "cannot load: disk full"}})
             if body["lora_name"] in replica.loaded:
                 return httpx.Response(400, json={"error": {"message": "already been loaded"}})
             replica.loaded[body["lora_name"]] = body["lora_path"]
@@ -75,6 +89,9 @@ class FakeFleet:
                                                 request=request)
             if self.completion_error is not None:
                 return self.completion_error
+            if replica.error_next:
+                replica.error_next -= 1
+                return httpx.Response(replica.error_status, text="upstream unavailable")
             body = json.loads(request.content)
             replica.seen.append(body)
             if body["model"] != BASE and body["model"] not in replica.loaded:
@@ -84,8 +101,17 @@ class FakeFleet:
             chat = path.endswith("chat/completions")
             text = f"answer from {body['model']} on {replica.url}"
             if body.get("stream"):
+                if replica.stream_words:
+                    text = " ".join(f"word{i}" for i in range(replica.stream_words))
+                usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                                      content=_sse(rid, body["model"], text, chat))
+                                      content=_sse(rid, body["model"], text, chat, usage))
+            if replica.answer_delay_s:
+                try:
+                    await asyncio.sleep(replica.answer_delay_s)
+                except asyncio.CancelledError:  # what vLLM sees as the client going away
+                    replica.aborted += 1
+                    raise
             message = {"role": "assistant", "content": text}
             choice = ({"index": 0, "message": message, "finish_reason": "stop"}
                       if chat else {"index": 0, "text": text, "finish_reason": "stop"})
@@ -97,10 +123,18 @@ class FakeFleet:
         return httpx.Response(404, json={"detail": "Not Found"})
 
 
-async def _sse(rid: str, model: str, text: str, chat: bool):
-    for word in text.split(" "):
+async def _sse(rid: str, model: str, text: str, chat: bool, usage: bool = False):
+    words = text.split(" ")
+    for n, word in enumerate(words):
         delta = {"index": 0, "delta": {"content": word + " "}} if chat else {"index": 0, "text": word + " "}
+        if n == len(words) - 1:
+            delta["finish_reason"] = "stop"
         chunk = {"id": ("chatcmpl-" if chat else "cmpl-") + rid, "object": "chat.completion.chunk",
                  "created": 0, "model": model, "choices": [delta]}
+        yield f"data: {json.dumps(chunk)}\n\n".encode()
+    if usage:  # as vLLM does with stream_options.include_usage: a last chunk without choices
+        chunk = {"id": ("chatcmpl-" if chat else "cmpl-") + rid, "object": "chat.completion.chunk",
+                 "created": 0, "model": model, "choices": [],
+                 "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
         yield f"data: {json.dumps(chunk)}\n\n".encode()
     yield b"data: [DONE]\n\n"

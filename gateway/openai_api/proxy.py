@@ -1,25 +1,30 @@
 """Forwarding a completion to a vLLM replica, streamed or not.
 
 A request moves to the next healthy replica when one fails before anything was sent to the
-client: connection refused or reset, 502/503/504, or (non-streaming) the replica dying
-mid-answer. Once the first byte is out, a failure ends the stream with an error event.
+client: connection refused or reset, 502/503/504, an adapter that would not load, or
+(non-streaming) the replica dying mid-answer. Once the first byte is out, a failure ends the
+stream with an error event. A client that hangs up before its answer is there cancels the
+upstream request (vLLM then aborts the generation); it is logged with status 499.
 The gateway names the completion itself (vLLM's X-Request-Id), so the id in the response is
 known without parsing it, and says in headers which adapter version and arm served it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
 
-from adapters.errors import NoHealthyUpstream, UpstreamTimeout
+from adapters.errors import AdapterLoadFailed, NoHealthyUpstream, UpstreamTimeout
 from adapters.fleet import Fleet, Replica
 from gateway.interaction_log import InteractionLog, Record
 from gateway.routing import Route
@@ -36,6 +41,11 @@ UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
 # which says nothing about the replica: retry it once on a new connection before failing over.
 BROKEN = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-"}
+# nginx's "client closed request": what the log says of an answer nobody waited for
+CLIENT_CLOSED = 499
+# What a stream keeps for the log when the key logs no text: enough for the last chunks
+# (finish_reason, usage), not the whole answer held in memory until the stream ends.
+LOG_TAIL_BYTES = 4096
 UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
@@ -46,7 +56,39 @@ class Forwarder:
         self.log = log
         self.metrics = metrics
 
-    async def forward(self, kind: str, body: dict[str, Any], route: Route, record: Record) -> Response:
+    async def forward(self, kind: str, body: dict[str, Any], route: Route, record: Record,
+                      request: Request | None = None) -> Response:
+        """The upstream's answer to a completion `body`, from the first replica that gives
+        one. With the client's `request`, a client hanging up before the answer (or the
+        first chunk) is there cancels the upstream call."""
+        if request is None:
+            return await self._forward(kind, body, route, record)
+        return await self._unless_disconnected(self._forward(kind, body, route, record), request.receive, record)
+
+    async def _unless_disconnected(self, work: Coroutine[Any, Any, Response], receive: Receive,
+                                   record: Record) -> Response:
+        # vLLM's `with_cancellation` does the same: the work races a receive() of
+        # http.disconnect (the body is read by now, so nothing else can arrive). Cancelling
+        # the work closes the upstream request, which is how vLLM learns to stop generating.
+        answer = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait((answer, gone), return_when=asyncio.FIRST_COMPLETED)
+            if answer.done():
+                return answer.result()  # done first (or just as the client left): as it is
+            answer.cancel()
+            await asyncio.wait((answer,))  # its cleanup: in_flight, closing the upstream
+            if not answer.cancelled() and answer.exception() is None:
+                return answer.result()  # it finished before the cancel reached it
+        finally:
+            for task in (answer, gone):
+                task.cancel()
+        log.info("client closed %s before its answer", record.id)
+        record.streamed = False
+        self._log(record, CLIENT_CLOSED, b"")
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it; for the metrics
+
+    async def _forward(self, kind: str, body: dict[str, Any], route: Route, record: Record) -> Response:
         body["model"] = route.upstream_model
         request_id = uuid.uuid4().hex
         record.id = ID_PREFIX[kind] + request_id
@@ -58,10 +100,17 @@ class Forwarder:
             "x-loraloop-arm": route.arm,
         }
         stream = bool(body.get("stream"))
+        load_failed: AdapterLoadFailed | None = None
         for replica in self.fleet.pick_order():
             for attempt in (1, 2):
                 try:
                     response = await self._try(replica, kind, content, headers, route, stream, served, record)
+                except AdapterLoadFailed as exc:
+                    # Another replica may well load it (a full disk, a hung load here).
+                    log.warning("%s", exc)
+                    load_failed = exc
+                    self.metrics.failovers.labels(replica.url, "adapter_load").inc()
+                    break
                 except UNREACHABLE as exc:
                     self.fleet.mark_down(replica, exc)
                     self.metrics.failovers.labels(replica.url, "unreachable").inc()
@@ -78,6 +127,8 @@ class Forwarder:
                 if response is not None:
                     return response
                 break
+        if load_failed is not None:
+            raise load_failed
         raise NoHealthyUpstream("No healthy model server is available; retry shortly.")
 
     async def _try(self, replica: Replica, kind: str, content: bytes, headers: dict[str, str],
@@ -87,23 +138,28 @@ class Forwarder:
         handed_over = False
         try:
             if route.adapter is not None:
-                await self.fleet.ensure_loaded(replica, route.adapter, route.adapter_path or "")
+                await self._load(replica, route)
             upstream = await self._send(replica, kind, content, headers)
             if upstream.status_code == 404 and route.adapter is not None:
                 # The replica lost the adapter (it restarted since the last probe): reload once.
                 await upstream.aclose()
                 self.fleet.forget(replica, route.adapter)
-                await self.fleet.ensure_loaded(replica, route.adapter, route.adapter_path or "")
+                await self._load(replica, route)
                 upstream = await self._send(replica, kind, content, headers)
             if upstream.status_code in FAILOVER_STATUSES:
+                # This request tries another replica; the replica leaves rotation only if
+                # this keeps happening (or a probe says so), not on one transient error.
                 await upstream.aclose()
-                self.fleet.mark_down(replica, f"status {upstream.status_code}")
+                self.fleet.report_failure(replica, f"status {upstream.status_code}")
                 self.metrics.failovers.labels(replica.url, "status").inc()
                 return None
+            self.fleet.report_success(replica)
             out_headers = {**served, "content-type": upstream.headers.get("content-type", "application/json")}
             if not stream or upstream.status_code != 200:
-                data = await upstream.aread()  # a replica dying here still allows failover
-                await upstream.aclose()
+                try:
+                    data = await upstream.aread()  # a replica dying here still allows failover
+                finally:  # also when cancelled (the client left): aborts the upstream request
+                    await upstream.aclose()
                 record.streamed = False
                 self._log(record, upstream.status_code, data)
                 return Response(data, upstream.status_code, out_headers)
@@ -117,6 +173,17 @@ class Forwarder:
         finally:
             if not handed_over:
                 replica.in_flight -= 1
+
+    async def _load(self, replica: Replica, route: Route) -> None:
+        """Loads the route's adapter on `replica`; any failure but an unreachable replica
+        (which takes it out of rotation) is AdapterLoadFailed, so the next replica is tried."""
+        try:
+            await self.fleet.ensure_loaded(replica, route.adapter or "", route.adapter_path or "")
+        except UNREACHABLE:
+            raise
+        except httpx.HTTPError as exc:
+            raise AdapterLoadFailed(f"replica {replica.url} could not load adapter {route.adapter}: "
+                                    f"{exc!r}") from exc
 
     async def _send(self, replica: Replica, kind: str, content: bytes, headers: dict[str, str]) -> httpx.Response:
         request = self.client.build_request("POST", replica.url + UPSTREAM_PATH[kind],
@@ -133,11 +200,15 @@ class Forwarder:
                      replica: Replica, record: Record) -> AsyncIterator[bytes]:
         # Cleanup lives here, not in a background task: it must also run when the client
         # disconnects mid-stream and Starlette abandons the response.
-        seen = [first]
+        seen = bytearray(first)
+        trimmed = False
         try:
             yield first
             async for chunk in chunks:
-                seen.append(chunk)
+                seen += chunk
+                if not record.keep_text and len(seen) > LOG_TAIL_BYTES:
+                    del seen[:len(seen) - LOG_TAIL_BYTES]
+                    trimmed = True
                 yield chunk
         except httpx.HTTPError as exc:
             # Headers are gone already: tell the client in-band, as an SSE error event.
@@ -148,4 +219,12 @@ class Forwarder:
         finally:
             replica.in_flight -= 1
             await upstream.aclose()
-            self._log(record, upstream.status_code, b"".join(seen))
+            if trimmed:  # the tail starts mid-line: keep whole SSE lines only
+                del seen[:seen.find(b"\n") + 1]
+            self._log(record, upstream.status_code, bytes(seen))
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns once the client has hung up."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

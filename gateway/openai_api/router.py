@@ -43,7 +43,7 @@ async def _complete(kind: str, request: Request) -> Response:
         regenerates=body.pop("regenerates", None) or headers.get("x-loraloop-regenerates"),
         streamed=bool(body.get("stream")), started=started, keep_text=caller.log_prompts,
         body_bytes=len(raw) if caller.log_prompts else 0)
-    return await state.forwarder.forward(kind, body, route, record)
+    return await state.forwarder.forward(kind, body, route, record, request)
 
 
 async def chat_completions(request: Request) -> Response:
