@@ -35,7 +35,7 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/feedback", "/v1/models",
           "/health", "/ready", "/metrics")
 TRAINING_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400)
-FAILOVER_REASONS = ("unreachable", "broken", "status")
+FAILOVER_REASONS = ("unreachable", "broken", "status", "adapter_load", "upstream_auth")
 
 
 def route_label(path: str) -> str:

@@ -146,6 +146,14 @@ class Forwarder:
                 self.fleet.forget(replica, route.adapter)
                 await self._load(replica, route)
                 upstream = await self._send(replica, kind, content, headers)
+            if upstream.status_code in (401, 403):
+                # The replica does not take this gateway's key (LORALOOP_UPSTREAM_API_KEY and
+                # its --api-key differ): unusable until fixed. Passing the 401 on would tell
+                # the app its own key is wrong.
+                await upstream.aclose()
+                self.fleet.mark_down(replica, f"status {upstream.status_code}: it refuses the gateway's key")
+                self.metrics.failovers.labels(replica.url, "upstream_auth").inc()
+                return None
             if upstream.status_code in FAILOVER_STATUSES:
                 # This request tries another replica; the replica leaves rotation only if
                 # this keeps happening (or a probe says so), not on one transient error.

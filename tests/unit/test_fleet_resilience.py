@@ -247,3 +247,14 @@ def test_a_stream_for_a_logging_key_is_logged_whole(gw: Gateway) -> None:
     (row,) = interactions(gw)
     assert row.response == "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert row.finish_reason == "stop"
+
+
+def test_a_replica_refusing_the_gateways_key_is_taken_out_and_the_app_never_sees_401(gw: Gateway) -> None:
+    """A replica whose --api-key differs from LORALOOP_UPSTREAM_API_KEY: its 401 is about the
+    gateway, not the app's key."""
+    wrong, right = gw.fleet.replicas.values()
+    wrong.error_next, wrong.error_status = 100, 401
+    for _ in range(4):
+        assert chat(gw.sdk(), BASE).parse().choices[0].message.content.endswith(right.url)
+    assert healthy(gw) == [right.url]
+    assert failovers(gw, wrong.url, "upstream_auth") == 1
