@@ -5,17 +5,26 @@
     python -m trainer.data purge [--older-than-days N] [--user ID]
 
 Rules:
-- An answer counts as liked (disliked) when its ratings sum above (below) zero.
+- One vote per answer (adapters.feedback.votes): its own end user's rating, else the first
+  rating anyone gave it. +1 is liked, -1 disliked; other ratings of the answer do not count,
+  so a client inventing `user` values cannot outvote the person who got the answer.
 - DPO pairs: a liked and a disliked answer to the same prompt (the same conversation up to
   the answer), plus regeneration links (a disliked answer and its liked regeneration; marked
   `source: regeneration`, the strongest signal). Identical pairs are kept once.
 - KTO: every rated answer as `prompt/completion/label`. SFT: liked conversations as `messages`.
-- At most `max_per_user` examples come from one end user, so no one dominates.
+- At most `max_per_user` examples come from one end user, so no one dominates; regeneration
+  pairs are counted first.
 - The held-out split is by prompt: a prompt's examples are all on one side, never both.
 - Tenants (`for_alias`): an alias owned by a tenant trains on that tenant's feedback only; a
-  shared alias on the feedback of tenants that own no alias, so a tenant's data never
-  reaches an adapter another tenant's users get.
+  shared alias on the feedback of tenant "default" only, unless `cross_tenant` opts in to
+  every tenant that owns no alias. A tenant's data never reaches an adapter another
+  tenant's users get without that opt-in.
 Interactions of keys that opted out of prompt logging carry no text and never appear here.
+
+Scale: rows are streamed from the database (`BATCH` at a time), never loaded whole. KTO and
+SFT read answers in the order they were served; DPO reads them ordered by prompt and pairs
+one prompt at a time, so memory is bounded by the largest prompt group (and per-user
+counters, bounded by the number of users), not by the table.
 """
 
 from __future__ import annotations
@@ -24,17 +33,20 @@ import argparse
 import hashlib
 import json
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, Text, and_, case, cast, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
-from adapters.feedback import purge_before, purge_user
-from adapters.schema import Alias, Feedback, Interaction, utcnow
+from adapters.feedback import purge_before, purge_user, votes
+from adapters.schema import Alias, Interaction, utcnow
+
+BATCH = 1000  # rows per fetch: a round trip's cost amortised, memory flat whatever the table's size
+DEFAULT_TENANT = "default"  # the tenant of keys made without --tenant and of development mode
 
 
 @dataclass
@@ -44,6 +56,8 @@ class DataConfig:
     adapter_version: str | None = field(default=None, metadata={"help": "Only answers of this version."})
     tenant: str | None = field(default=None, metadata={"help": "Only this tenant's interactions."})
     exclude_tenants: tuple[str, ...] = ()  # never these tenants' interactions
+    cross_tenant: bool = field(default=False, metadata={
+        "help": "A shared alias trains on every tenant that owns no alias, not only tenant 'default'."})
 
     def __post_init__(self) -> None:
         if not 0 <= self.heldout_fraction < 1:
@@ -62,7 +76,10 @@ class Answer:
     end_user: str
     adapter_version: str | None
     regenerates: str | None
-    score: int  # sum of ratings
+    score: int  # the answer's one vote: +1 or -1
+
+
+Example = tuple[str, str, dict]  # (prompt key, split, example)
 
 
 def prompt_key(prompt: Any) -> str:
@@ -73,21 +90,37 @@ def is_heldout(key: str, fraction: float) -> bool:
     return int(key[:8], 16) / 0xFFFFFFFF < fraction
 
 
-def rated_answers(session: Session, cfg: DataConfig) -> list[Answer]:
-    scores: Counter[str] = Counter()
-    for interaction_id, rating in session.execute(select(Feedback.interaction_id, Feedback.rating)):
-        scores[interaction_id] += rating
-    query = select(Interaction).where(Interaction.id.in_(list(scores)), Interaction.response.is_not(None),
-                                      Interaction.prompt.is_not(None), Interaction.status == 200)
+def _rated(cfg: DataConfig) -> Select:
+    """The rated answers `cfg` admits, each once with its vote as `score` (a JOIN, no id list)."""
+    i, v = Interaction.__table__, votes()
+    query = (select(i.c.id, i.c.prompt, i.c.response, i.c.kind, i.c.end_user, i.c.adapter_version,
+                    i.c.regenerates, i.c.created_at, v.c.rating.label("score"))
+             .join(v, v.c.interaction_id == i.c.id)
+             .where(i.c.response.is_not(None), i.c.prompt.is_not(None), i.c.status == 200))
     if cfg.adapter_version is not None:
-        query = query.where(Interaction.adapter_version == cfg.adapter_version)
+        query = query.where(i.c.adapter_version == cfg.adapter_version)
     if cfg.tenant is not None:
-        query = query.where(Interaction.tenant == cfg.tenant)
+        query = query.where(i.c.tenant == cfg.tenant)
     if cfg.exclude_tenants:
-        query = query.where(Interaction.tenant.not_in(cfg.exclude_tenants))
-    return [Answer(i.id, i.prompt, prompt_key(i.prompt), i.response or "", i.kind, i.end_user,
-                   i.adapter_version, i.regenerates, scores[i.id])
-            for i in session.scalars(query.order_by(Interaction.created_at))]
+        query = query.where(i.c.tenant.not_in(cfg.exclude_tenants))
+    return query
+
+
+def _stream(session: Session, query: Select) -> Iterator[Any]:
+    """The rows of `query`, BATCH at a time (a server-side cursor on PostgreSQL)."""
+    yield from session.execute(query.execution_options(yield_per=BATCH))
+
+
+def _answer(row: Any) -> Answer:
+    return Answer(row.id, row.prompt, prompt_key(row.prompt), row.response, row.kind, row.end_user,
+                  row.adapter_version, row.regenerates, row.score)
+
+
+def rated_answers(session: Session, cfg: DataConfig) -> Iterator[Answer]:
+    """Every rated answer `cfg` admits, in the order they were served, streamed."""
+    rated = _rated(cfg).subquery()
+    for row in _stream(session, select(rated).order_by(rated.c.created_at, rated.c.id)):
+        yield _answer(row)
 
 
 def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
@@ -95,101 +128,216 @@ def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
     owners = dict(session.execute(select(Alias.name, Alias.tenant)).all())
     if owners.get(alias) is not None:
         return replace(cfg, tenant=owners[alias])
-    return replace(cfg, exclude_tenants=tuple(sorted({t for t in owners.values() if t is not None})))
+    owning = tuple(sorted({t for t in owners.values() if t is not None}))
+    # Tenants that own an alias stay out of shared ones either way (so if "default" owns
+    # one, a shared alias without the opt-in trains on nothing).
+    return replace(cfg, exclude_tenants=owning) if cfg.cross_tenant else \
+        replace(cfg, tenant=DEFAULT_TENANT, exclude_tenants=owning)
 
 
 def _turn(answer: Answer, text: str) -> Any:
     return [{"role": "assistant", "content": text}] if answer.kind == "chat" else text
 
 
-def _capped(examples: Iterator[tuple[str, str, dict]], cfg: DataConfig) -> Iterator[tuple[str, dict]]:
-    """(split, example) for (prompt key, user, example), at most cfg.max_per_user per user."""
-    per_user: Counter[str] = Counter()
-    for key, user, example in examples:
-        if per_user[user] >= cfg.max_per_user:
+class _Cap:
+    """At most `limit` examples per end user; a Counter of users, bounded by users, not rows."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, Counter[str]()
+
+    def take(self, user: str, reserved: int = 0) -> bool:
+        if self.used[user] >= self.limit - reserved:
+            return False
+        self.used[user] += 1
+        return True
+
+
+def _split(key: str, cfg: DataConfig) -> str:
+    return "heldout" if is_heldout(key, cfg.heldout_fraction) else "train"
+
+
+def _prompt_text(session: Session, prompt: Any) -> Any:
+    """A prompt as text: what answers are grouped and sorted by (PostgreSQL's JSON has no
+    equality). Byte order ("C") sorts fastest there, and only equality matters."""
+    text = cast(prompt, Text)
+    return text.collate("C") if session.get_bind().dialect.name == "postgresql" else text
+
+
+def _by_prompt(session: Session, cfg: DataConfig, regenerations_only: bool) -> Select:
+    """Rated answers ordered by prompt, each followed by its links: the rows of the liked
+    answers that regenerate it when it is disliked (`link` 1).
+
+    A link row finds its original through a window over the original's id, a sort, not a
+    join: PostgreSQL expects votes() to return a few hundred rows whatever the table holds,
+    and would nest-loop a join of it with itself (70,000 x 70,000 rows)."""
+    rated = _rated(cfg).cte("rated")
+    both = union_all(select(rated, rated.c.id.label("original"), literal(0).label("link")),
+                     select(rated, rated.c.regenerates.label("original"), literal(1).label("link"))
+                     .where(rated.c.regenerates.is_not(None), rated.c.score > 0)).subquery()
+
+    def of_original(column: Any) -> Any:  # the original's value, on its own row and its links'
+        return func.max(case((both.c.link == 0, column))).over(partition_by=both.c.original)
+
+    placed = select(both, of_original(_prompt_text(session, both.c.prompt)).label("group_text"),
+                    of_original(both.c.created_at).label("original_at"),
+                    of_original(both.c.score).label("original_score"),
+                    func.sum(both.c.link).over(partition_by=both.c.original).label("links")).subquery()
+    linked = placed.c.original_score < 0
+    keep = and_(linked, placed.c.links > 0) if regenerations_only else or_(placed.c.link == 0, linked)
+    # the prompt comes as group_text only: parsed once per prompt, not once per answer
+    columns = [placed.c[name] for name in ("id", "response", "kind", "end_user", "adapter_version",
+                                           "regenerates", "score", "link", "group_text")]
+    return select(*columns).where(keep).order_by(placed.c.group_text, placed.c.original_at, placed.c.original,
+                                                 placed.c.link, placed.c.created_at, placed.c.id)
+
+
+def _prompt_groups(session: Session, cfg: DataConfig,
+                   regenerations_only: bool = False) -> Iterator[tuple[list[Answer], list[tuple[Answer, Answer]]]]:
+    """(answers, links) for one prompt at a time: its rated answers, and the (liked
+    regeneration, disliked original) links whose original is one of them. With
+    `regenerations_only`, only the originals that have such a link, and their links."""
+    answers: list[Answer] = []
+    links: list[tuple[Answer, Answer]] = []
+    text, prompt, key = None, None, ""
+    for row in _stream(session, _by_prompt(session, cfg, regenerations_only)):
+        if row.link:  # sorted right after its original; its own prompt is not needed
+            links.append((Answer(row.id, None, "", row.response, row.kind, row.end_user, row.adapter_version,
+                                 row.regenerates, row.score), answers[-1]))
             continue
-        per_user[user] += 1
-        yield ("heldout" if is_heldout(key, cfg.heldout_fraction) else "train"), example
+        if row.group_text != text:
+            if answers:
+                yield answers, links
+            answers, links = [], []
+            text, prompt = row.group_text, json.loads(row.group_text)
+            key = prompt_key(prompt)
+        answers.append(Answer(row.id, prompt, key, row.response, row.kind, row.end_user, row.adapter_version,
+                              row.regenerates, row.score))
+    if answers:
+        yield answers, links
 
 
-def dpo_pairs(answers: list[Answer]) -> Iterator[tuple[str, str, dict]]:
-    by_id = {a.id: a for a in answers}
-    seen: set[tuple[str, str, str]] = set()
+def _group_pairs(answers: list[Answer], links: list[tuple[Answer, Answer]]) -> tuple[list[tuple], list[tuple]]:
+    """(regeneration pairs, same-prompt pairs) of one prompt as (user, example); a pair
+    identical to one already made (same prompt, chosen and rejected text) is dropped."""
+    seen: set[tuple[str, str]] = set()
 
-    def pair(chosen: Answer, rejected: Answer, prompt: Any, key: str, source: str):  # type: ignore[no-untyped-def]
-        ident = (key, chosen.text, rejected.text)
-        if chosen.text == rejected.text or ident in seen:
-            return None
-        seen.add(ident)
-        return key, chosen.end_user, {"prompt": prompt, "chosen": _turn(chosen, chosen.text),
-                                      "rejected": _turn(rejected, rejected.text), "source": source}
+    def pairs(candidates: list[tuple[Answer, Answer]], source: str) -> list[tuple[str, dict]]:
+        out = []
+        for chosen, rejected in candidates:
+            if chosen.text != rejected.text and (chosen.text, rejected.text) not in seen:
+                seen.add((chosen.text, rejected.text))
+                out.append((chosen.end_user, {"prompt": rejected.prompt, "chosen": _turn(chosen, chosen.text),
+                                              "rejected": _turn(rejected, rejected.text), "source": source}))
+        return out
 
-    for answer in answers:  # regeneration links first: they win the per-user cap
-        original = by_id.get(answer.regenerates or "")
-        if original is not None and answer.score > 0 > original.score and \
-                (p := pair(answer, original, original.prompt, original.prompt_key, "regeneration")):
-            yield p
-    groups: dict[str, list[Answer]] = defaultdict(list)
-    for answer in answers:
-        groups[answer.prompt_key].append(answer)
-    for key, group in groups.items():
-        liked = [a for a in group if a.score > 0]
-        disliked = [a for a in group if a.score < 0]
-        for chosen in liked:
-            for rejected in disliked:
-                if (p := pair(chosen, rejected, chosen.prompt, key, "same_prompt")):
-                    yield p
+    regenerations = pairs(links, "regeneration")
+    liked, disliked = [a for a in answers if a.score > 0], [a for a in answers if a.score < 0]
+    return regenerations, pairs([(c, r) for c in liked for r in disliked], "same_prompt")
 
 
-def kto_examples(answers: list[Answer]) -> Iterator[tuple[str, str, dict]]:
-    for a in answers:
-        if a.score != 0:
-            yield a.prompt_key, a.end_user, {"prompt": a.prompt, "completion": _turn(a, a.text), "label": a.score > 0}
+def _dpo_groups(session: Session, cfg: DataConfig) -> Iterator[tuple[str, list[dict]]]:
+    """(prompt key, its capped DPO pairs) for every prompt, one prompt at a time.
+    Regeneration pairs win the per-user cap: a first pass over the regeneration links counts
+    each user's, and that user's same-prompt pairs get the room those leave."""
+    regenerated = Counter(user for group in _prompt_groups(session, cfg, regenerations_only=True)
+                          for user, _ in _group_pairs(*group)[0])
+    first, rest = _Cap(cfg.max_per_user), _Cap(cfg.max_per_user)
+    for answers, links in _prompt_groups(session, cfg):
+        regenerations, same_prompt = _group_pairs(answers, links)
+        yield answers[0].prompt_key, [e for user, e in regenerations if first.take(user)] + [
+            e for user, e in same_prompt if rest.take(user, reserved=min(regenerated[user], cfg.max_per_user))]
 
 
-def sft_examples(answers: list[Answer]) -> Iterator[tuple[str, str, dict]]:
-    for a in answers:
-        if a.score > 0 and a.kind == "chat":
-            yield a.prompt_key, a.end_user, {"messages": [*a.prompt, {"role": "assistant", "content": a.text}]}
+def dpo_pairs(session: Session, cfg: DataConfig) -> Iterator[Example]:
+    """Capped DPO pairs (see the module's rules), streamed."""
+    for key, pairs in _dpo_groups(session, cfg):
+        for example in pairs:
+            yield key, _split(key, cfg), example
+
+
+def kto_examples(session: Session, cfg: DataConfig) -> Iterator[Example]:
+    """Capped KTO examples: every rated answer, labelled by its vote."""
+    cap = _Cap(cfg.max_per_user)
+    for a in rated_answers(session, cfg):
+        if a.score != 0 and cap.take(a.end_user):
+            yield a.prompt_key, _split(a.prompt_key, cfg), {
+                "prompt": a.prompt, "completion": _turn(a, a.text), "label": a.score > 0}
+
+
+def sft_examples(session: Session, cfg: DataConfig) -> Iterator[Example]:
+    """Capped SFT examples: liked chat answers as whole conversations."""
+    cap = _Cap(cfg.max_per_user)
+    for a in rated_answers(session, cfg):
+        if a.score > 0 and a.kind == "chat" and cap.take(a.end_user):
+            yield a.prompt_key, _split(a.prompt_key, cfg), {
+                "messages": [*a.prompt, {"role": "assistant", "content": a.text}]}
 
 
 BUILDERS = {"dpo": dpo_pairs, "kto": kto_examples, "sft": sft_examples}
 
 
+def examples(session: Session, fmt: str, cfg: DataConfig) -> Iterator[tuple[str, dict]]:
+    """(split, example) in format `fmt` (dpo, kto or sft), streamed from the database."""
+    for _, split, example in BUILDERS[fmt](session, cfg):
+        yield split, example
+
+
 def build(session: Session, fmt: str, cfg: DataConfig) -> dict[str, list[dict]]:
     """{"train": [...], "heldout": [...]} in format `fmt` (dpo, kto or sft)."""
-    return _split(rated_answers(session, cfg), fmt, cfg)
-
-
-def _split(answers: list[Answer], fmt: str, cfg: DataConfig) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {"train": [], "heldout": []}
-    for split, example in _capped(BUILDERS[fmt](answers), cfg):
+    for split, example in examples(session, fmt, cfg):
         out[split].append(example)
     return out
 
 
+def _pair_stats(session: Session, cfg: DataConfig) -> dict:
+    """The report's prompt and pair figures, counted from one streamed DPO pass."""
+    splits, sources, per_prompt, prompts = Counter[str](), Counter[str](), [], 0
+    for key, pairs in _dpo_groups(session, cfg):
+        prompts += 1
+        if pairs:
+            per_prompt.append(len(pairs))
+            splits[_split(key, cfg)] += len(pairs)
+            sources.update(p["source"] for p in pairs)
+    return {"prompts": prompts, "dpo_pairs": {"train": splits["train"], "heldout": splits["heldout"]},
+            "pair_sources": {s: sources[s] for s in ("regeneration", "same_prompt") if sources[s]},
+            "pairs_per_prompt": {"max": max(per_prompt, default=0),
+                                 "mean": round(sum(per_prompt) / len(per_prompt), 2) if per_prompt else 0}}
+
+
+def _version_counts(session: Session, rated: Any) -> dict[str, dict[str, int]]:
+    """Interactions, rated, liked and disliked answers per adapter version ("base": none)."""
+    versions: dict[str, dict[str, int]] = {}
+
+    def add(version: str | None, **counts: int) -> None:
+        v = versions.setdefault(version or "base", {"interactions": 0, "rated": 0, "up": 0, "down": 0})
+        for name, n in counts.items():
+            v[name] += int(n or 0)
+
+    i = Interaction.__table__
+    for version, n in session.execute(select(i.c.adapter_version, func.count()).group_by(i.c.adapter_version)):
+        add(version, interactions=n)
+    for version, n, up, down in session.execute(
+            select(rated.c.adapter_version, func.count(), func.sum(case((rated.c.score > 0, 1), else_=0)),
+                   func.sum(case((rated.c.score < 0, 1), else_=0))).group_by(rated.c.adapter_version)):
+        add(version, rated=n, up=up, down=down)
+    return dict(sorted(versions.items()))
+
+
 def report(session: Session, cfg: DataConfig) -> dict:
-    answers = rated_answers(session, cfg)
-    pairs = _split(answers, "dpo", cfg)
-    per_prompt = Counter(prompt_key(p["prompt"]) for split in pairs.values() for p in split)
-    versions: dict[str, dict[str, int]] = defaultdict(lambda: {"interactions": 0, "rated": 0, "up": 0, "down": 0})
-    for version, in session.execute(select(Interaction.adapter_version)):
-        versions[version or "base"]["interactions"] += 1
-    for a in answers:
-        v = versions[a.adapter_version or "base"]
-        v["rated"] += 1
-        v["up" if a.score > 0 else "down" if a.score < 0 else "rated"] += a.score != 0
-    users = Counter(a.end_user for a in answers)
+    """The data-quality report: counts in SQL (GROUP BY), pair figures from one DPO pass."""
+    rated = _rated(cfg).subquery()
+    versions = _version_counts(session, rated)
+    per_user = select(func.count().label("n")).select_from(rated).group_by(rated.c.end_user).subquery()
+    users, over_cap = session.execute(select(
+        func.count(), func.coalesce(func.sum(case((per_user.c.n > cfg.max_per_user, 1), else_=0)), 0))).one()
+    pairs = _pair_stats(session, cfg)
     return {
-        "rated_answers": len(answers),
-        "liked": sum(a.score > 0 for a in answers), "disliked": sum(a.score < 0 for a in answers),
-        "prompts": len({a.prompt_key for a in answers}),
-        "dpo_pairs": {split: len(v) for split, v in pairs.items()},
-        "pair_sources": Counter(p["source"] for split in pairs.values() for p in split),
-        "pairs_per_prompt": {"max": max(per_prompt.values(), default=0),
-                             "mean": round(sum(per_prompt.values()) / len(per_prompt), 2) if per_prompt else 0},
-        "users": len(users), "users_over_cap": sum(n > cfg.max_per_user for n in users.values()),
-        "per_adapter_version": dict(versions),
+        "rated_answers": sum(v["rated"] for v in versions.values()),
+        "liked": sum(v["up"] for v in versions.values()), "disliked": sum(v["down"] for v in versions.values()),
+        "prompts": pairs.pop("prompts"), **pairs,
+        "users": users, "users_over_cap": over_cap,
+        "per_adapter_version": versions,
     }
 
 
@@ -212,7 +360,12 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--heldout-fraction", type=float, default=DataConfig.heldout_fraction)
         p.add_argument("--max-per-user", type=int, default=DataConfig.max_per_user)
         p.add_argument("--adapter-version")
+        p.add_argument("--alias", help="only the feedback that may train this alias (see Tenants above)")
+        p.add_argument("--cross-tenant", action="store_true", help="with a shared --alias: "
+                       "every tenant that owns no alias, not only tenant 'default'")
     args = parser.parse_args(argv)
+    if getattr(args, "cross_tenant", False) and not args.alias:
+        parser.error("--cross-tenant needs --alias")
 
     settings = StoreSettings()
     engine = make_engine(settings.db_url)
@@ -228,18 +381,27 @@ def main(argv: list[str] | None = None) -> None:
                 deleted += purge_before(session, utcnow() - timedelta(days=days))
         print(json.dumps({"deleted_interactions": deleted}))
         return
-    cfg = DataConfig(args.heldout_fraction, args.max_per_user, args.adapter_version)
+    cfg = DataConfig(args.heldout_fraction, args.max_per_user, args.adapter_version, cross_tenant=args.cross_tenant)
     with sessions() as session:
+        if args.alias:
+            cfg = for_alias(session, args.alias, cfg)
         if args.command == "report":
             print(json.dumps(report(session, cfg), indent=2))
             return
-        examples = build(session, args.format, cfg)[args.split]
+        _export(session, args, cfg)
+
+
+def _export(session: Session, args: argparse.Namespace, cfg: DataConfig) -> None:
+    """Writes the chosen split as JSONL while the rows stream in: nothing is held in memory."""
     out = open(args.out, "w") if args.out else sys.stdout  # noqa: SIM115 - stdout is not ours to close
-    for example in examples:
-        out.write(json.dumps(example) + "\n")
+    written = 0
+    for split, example in examples(session, args.format, cfg):
+        if split == args.split:
+            out.write(json.dumps(example) + "\n")
+            written += 1
     if args.out:
         out.close()
-        print(f"wrote {len(examples)} {args.format} examples ({args.split}) to {args.out}", file=sys.stderr)
+        print(f"wrote {written} {args.format} examples ({args.split}) to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

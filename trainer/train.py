@@ -79,6 +79,8 @@ class TrainConfig:
         "help": "Conversations (messages JSONL) the base must stay good at (gate's forgetting check); "
                 "empty: the base's own answers to held-out prompts."})
     alias: str = field(default="default", metadata={"help": "Whose champion the candidate is compared with."})
+    cross_tenant: bool = field(default=False, metadata={
+        "help": "A shared --alias trains on every tenant that owns no alias, not only tenant 'default'."})
 
     def __post_init__(self) -> None:
         if self.method == "ppo":
@@ -134,7 +136,8 @@ def load_examples(cfg: TrainConfig, db_url: str) -> dict[str, list[dict]]:
 
         engine = make_engine(db_url)
         with make_sessionmaker(engine)() as session:
-            data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction))
+            data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
+                                                                cross_tenant=cfg.cross_tenant))
             split = build(session, METHODS[cfg.method], data_cfg)
         engine.dispose()
     if cfg.method == "grpo":

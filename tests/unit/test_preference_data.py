@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.feedback import Rating, purge_before, purge_user, write_interactions, write_ratings
-from adapters.schema import Feedback, Interaction, utcnow
-from trainer.data import DataConfig, build, prompt_key, report
+from adapters.schema import Alias, Feedback, Interaction, utcnow
+from trainer.data import DataConfig, build, for_alias, prompt_key, report
 
 
 class Store:
@@ -28,9 +28,9 @@ class Store:
         self.n = 0
 
     def answer(self, prompt: str, text: str, *, user: str = "u", regenerates: str | None = None,
-               logged: bool = True, version: str | None = "v1", age_days: int = 0) -> str:
+               logged: bool = True, version: str | None = "v1", age_days: int = 0, tenant: str = "t") -> str:
         self.n += 1
-        row = {"id": f"chatcmpl-{self.n}", "key_id": 1, "tenant": "t", "end_user": user,
+        row = {"id": f"chatcmpl-{self.n}", "key_id": 1, "tenant": tenant, "end_user": user,
                "requested_model": "default", "adapter_version": version, "arm": "champion", "kind": "chat",
                "prompt": [{"role": "user", "content": prompt}] if logged else None,
                "response": text if logged else None, "finish_reason": "stop", "status": 200,
@@ -40,9 +40,9 @@ class Store:
             write_interactions(session, [row])
         return row["id"]
 
-    def rate(self, answer_id: str, rating: int, user: str | None = None) -> None:
+    def rate(self, answer_id: str, rating: int, user: str | None = None, tenant: str = "t") -> None:
         with self.sessions.begin() as session:
-            [result] = write_ratings(session, [Rating(answer_id, user, rating, None, "t")])
+            [result] = write_ratings(session, [Rating(answer_id, user, rating, None, tenant)])
         assert result.stored
 
     def session(self) -> Session:
@@ -74,15 +74,35 @@ def test_liked_and_disliked_answers_to_the_same_prompt_make_a_pair(store: Store)
                       "rejected": [{"role": "assistant", "content": "k"}], "source": "same_prompt"}]
 
 
-def test_ratings_are_summed_per_answer(store: Store) -> None:
-    split = store.answer("Plan a trip", "Mountains!")
-    store.rate(split, 1, user="a")
-    store.rate(split, -1, user="b")  # net zero: neither liked nor disliked
-    bad = store.answer("Plan a trip", "no")
+def test_an_answer_has_one_vote_its_own_users(store: Store) -> None:
+    """One client rating an answer under 50 invented users does not outvote the person who
+    got it: the answer's own end user's rating is its vote, counted once."""
+    stuffed = store.answer("Plan a trip", "Mountains!", user="ada")
+    with store.sessions.begin() as session:
+        write_ratings(session, [Rating(stuffed, f"sock-{n}", -1, None, "t") for n in range(50)])
+    store.rate(stuffed, 1)  # ada's own thumbs-up, given last
+    bad = store.answer("Plan a trip", "no", user="ada")
     store.rate(bad, -1)
     with store.session() as session:
-        assert build(session, "dpo", ALL_TRAIN)["train"] == []
-        assert [e["label"] for e in build(session, "kto", ALL_TRAIN)["train"]] == [False]
+        kto = build(session, "kto", ALL_TRAIN)["train"]
+        assert [(e["completion"][0]["content"], e["label"]) for e in kto] == [("Mountains!", True), ("no", False)]
+        assert [p["chosen"][0]["content"] for p in build(session, "dpo", ALL_TRAIN)["train"]] == ["Mountains!"]
+        summary = report(session, ALL_TRAIN)
+    assert (summary["rated_answers"], summary["liked"], summary["disliked"]) == (2, 1, 1)
+    assert summary["per_adapter_version"]["v1"] == {"interactions": 2, "rated": 2, "up": 1, "down": 1}
+
+
+def test_without_its_own_users_rating_the_first_rater_decides(store: Store) -> None:
+    first_up = store.answer("Plan a trip", "Mountains!", user="ada")
+    store.rate(first_up, 1, user="bob")
+    first_down = store.answer("Plan a trip", "no", user="ada")
+    store.rate(first_down, -1, user="bob")
+    for n in range(50):  # later raters, however many, change nothing
+        store.rate(first_up, -1, user=f"sock-{n}")
+        store.rate(first_down, 1, user=f"sock-{n}")
+    with store.session() as session:
+        kto = build(session, "kto", ALL_TRAIN)["train"]
+    assert [(e["completion"][0]["content"], e["label"]) for e in kto] == [("Mountains!", True), ("no", False)]
 
 
 def test_regeneration_links_make_pairs_and_duplicates_are_kept_once(store: Store) -> None:
@@ -96,6 +116,74 @@ def test_regeneration_links_make_pairs_and_duplicates_are_kept_once(store: Store
         pairs = build(session, "dpo", ALL_TRAIN)["train"]
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"], p["source"]) for p in pairs] == \
         [("Oil the chain.", "bike bike bike", "regeneration")]
+
+
+def test_every_liked_regeneration_pairs_with_its_original_under_the_originals_prompt(store: Store) -> None:
+    bad = store.answer("Fix my bike", "bike bike bike")
+    store.rate(bad, -1)
+    for text in ("Oil the chain.", "Pump the tyres."):
+        store.rate(store.answer("Fix my bike", text, regenerates=bad), 1)
+    edited = store.answer("Fix my bike, please", "Check the brakes.", regenerates=bad)  # the client edited it
+    store.rate(edited, 1)
+    with store.session() as session:
+        pairs = build(session, "dpo", ALL_TRAIN)["train"]
+    assert sorted((p["prompt"][0]["content"], p["chosen"][0]["content"]) for p in pairs
+                  if p["source"] == "regeneration") == \
+        [("Fix my bike", "Check the brakes."), ("Fix my bike", "Oil the chain."), ("Fix my bike", "Pump the tyres.")]
+    assert all(p["rejected"][0]["content"] == "bike bike bike" for p in pairs)
+    assert len(pairs) == 3  # the same-prompt pairs of "Fix my bike" are two of these again: kept once
+
+
+def test_regeneration_pairs_win_the_per_user_cap(store: Store) -> None:
+    for i in range(3):  # served first: same-prompt pairs of the loud user
+        good = store.answer(f"question {i}", "good", user="loud")
+        store.rate(good, 1)
+        store.rate(store.answer(f"question {i}", "bad", user="loud"), -1)
+    for i in range(2):
+        bad = store.answer(f"later {i}", "bad", user="loud")
+        store.rate(bad, -1)
+        store.rate(store.answer(f"later {i}", "better", user="loud", regenerates=bad), 1)
+    cfg = DataConfig(heldout_fraction=0.0, max_per_user=3)
+    with store.session() as session:
+        pairs = build(session, "dpo", cfg)["train"]
+        summary = report(session, cfg)
+    assert sorted(p["source"] for p in pairs) == ["regeneration", "regeneration", "same_prompt"]
+    assert summary["dpo_pairs"] == {"train": 3, "heldout": 0}
+    assert summary["pair_sources"] == {"regeneration": 2, "same_prompt": 1}
+    assert summary["pairs_per_prompt"] == {"max": 1, "mean": 1.0}
+    assert (summary["prompts"], summary["users"], summary["users_over_cap"]) == (5, 1, 1)
+
+
+def test_a_shared_alias_trains_on_tenant_default_unless_cross_tenant(store: Store) -> None:
+    with store.sessions.begin() as session:
+        session.add(Alias(name="acme-bot", tenant="acme"))
+    for tenant in ("default", "acme", "globex"):
+        store.rate(store.answer(f"{tenant} question", f"{tenant} answer", tenant=tenant), 1, tenant=tenant)
+
+    def tenants(alias: str, **kwargs: bool) -> set[str]:
+        with store.session() as session:
+            cfg = for_alias(session, alias, DataConfig(heldout_fraction=0.0, **kwargs))
+            return {e["completion"][0]["content"].split()[0] for e in build(session, "kto", cfg)["train"]}
+
+    assert tenants("default") == {"default"}  # the shared alias, without the opt-in
+    assert tenants("default", cross_tenant=True) == {"default", "globex"}  # acme owns an alias: never
+    assert tenants("acme-bot") == tenants("acme-bot", cross_tenant=True) == {"acme"}
+    with store.sessions.begin() as session:
+        session.add(Alias(name="house", tenant="default"))
+    assert tenants("default") == set()  # "default" owns an alias now: its data stays with it
+
+
+def test_train_and_the_scheduler_pass_the_cross_tenant_opt_in(store: Store, db_url: str) -> None:
+    from trainer.scheduler import SchedulerSettings, train_config
+    from trainer.train import TrainConfig, load_examples, parse_args
+
+    assert parse_args([]).cross_tenant is False and parse_args(["--cross-tenant"]).cross_tenant is True
+    assert train_config(SchedulerSettings(train_args="--cross-tenant")).cross_tenant is True
+    for tenant in ("default", "globex"):
+        store.rate(store.answer("q", f"{tenant} answer", tenant=tenant), 1, tenant=tenant)
+    for opt_in, expected in ((False, 1), (True, 2)):
+        cfg = TrainConfig(method="kto", heldout_fraction=0.0, cross_tenant=opt_in)
+        assert len(load_examples(cfg, db_url)["train"]) == expected
 
 
 def test_identical_answers_never_pair_with_themselves(store: Store) -> None:
@@ -187,3 +275,10 @@ def test_cli_export_and_report(tmp_path: Path) -> None:
     summary = json.loads(printed)
     assert summary["dpo_pairs"] == {"train": 1, "heldout": 0}
     assert summary["per_adapter_version"]["v1"] == {"interactions": 2, "rated": 2, "up": 1, "down": 1}
+    for opt_in, rated in (([], 0), (["--cross-tenant"], 2)):  # tenant "t" is not "default"
+        printed = subprocess.run([sys.executable, "-m", "gateway.cli", "data", "report", "--alias", "default",
+                                  *opt_in], env=env, check=True, capture_output=True, text=True).stdout
+        assert json.loads(printed)["rated_answers"] == rated
+    refused = subprocess.run([sys.executable, "-m", "gateway.cli", "data", "report", "--cross-tenant"],
+                             env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--cross-tenant needs --alias" in refused.stderr
