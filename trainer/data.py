@@ -21,10 +21,12 @@ Rules:
   tenant's users get without that opt-in.
 Interactions of keys that opted out of prompt logging carry no text and never appear here.
 
-Scale: rows are streamed from the database (`BATCH` at a time), never loaded whole. KTO and
-SFT read answers in the order they were served; DPO reads them ordered by prompt and pairs
-one prompt at a time, so memory is bounded by the largest prompt group (and per-user
-counters, bounded by the number of users), not by the table.
+Scale: rows are streamed from the database (`BATCH` at a time), never loaded whole, and the
+report's counts are GROUP BY queries. KTO and SFT read answers in the order they were
+served; DPO reads them ordered by prompt (so its pairs come out in that order) and pairs one
+prompt at a time, after a first pass that counts each user's regeneration pairs for the cap.
+Memory is bounded by the largest prompt group and per-user counters (bounded by the number
+of users), not by the table.
 """
 
 from __future__ import annotations
@@ -74,8 +76,6 @@ class Answer:
     text: str
     kind: str
     end_user: str
-    adapter_version: str | None
-    regenerates: str | None
     score: int  # the answer's one vote: +1 or -1
 
 
@@ -112,8 +112,7 @@ def _stream(session: Session, query: Select) -> Iterator[Any]:
 
 
 def _answer(row: Any) -> Answer:
-    return Answer(row.id, row.prompt, prompt_key(row.prompt), row.response, row.kind, row.end_user,
-                  row.adapter_version, row.regenerates, row.score)
+    return Answer(row.id, row.prompt, prompt_key(row.prompt), row.response, row.kind, row.end_user, row.score)
 
 
 def rated_answers(session: Session, cfg: DataConfig) -> Iterator[Answer]:
@@ -185,8 +184,7 @@ def _by_prompt(session: Session, cfg: DataConfig, regenerations_only: bool) -> S
     linked = placed.c.original_score < 0
     keep = and_(linked, placed.c.links > 0) if regenerations_only else or_(placed.c.link == 0, linked)
     # the prompt comes as group_text only: parsed once per prompt, not once per answer
-    columns = [placed.c[name] for name in ("id", "response", "kind", "end_user", "adapter_version",
-                                           "regenerates", "score", "link", "group_text")]
+    columns = [placed.c[name] for name in ("id", "response", "kind", "end_user", "score", "link", "group_text")]
     return select(*columns).where(keep).order_by(placed.c.group_text, placed.c.original_at, placed.c.original,
                                                  placed.c.link, placed.c.created_at, placed.c.id)
 
@@ -201,8 +199,7 @@ def _prompt_groups(session: Session, cfg: DataConfig,
     text, prompt, key = None, None, ""
     for row in _stream(session, _by_prompt(session, cfg, regenerations_only)):
         if row.link:  # sorted right after its original; its own prompt is not needed
-            links.append((Answer(row.id, None, "", row.response, row.kind, row.end_user, row.adapter_version,
-                                 row.regenerates, row.score), answers[-1]))
+            links.append((Answer(row.id, None, "", row.response, row.kind, row.end_user, row.score), answers[-1]))
             continue
         if row.group_text != text:
             if answers:
@@ -210,8 +207,7 @@ def _prompt_groups(session: Session, cfg: DataConfig,
             answers, links = [], []
             text, prompt = row.group_text, json.loads(row.group_text)
             key = prompt_key(prompt)
-        answers.append(Answer(row.id, prompt, key, row.response, row.kind, row.end_user, row.adapter_version,
-                              row.regenerates, row.score))
+        answers.append(Answer(row.id, prompt, key, row.response, row.kind, row.end_user, row.score))
     if answers:
         yield answers, links
 
