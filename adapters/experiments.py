@@ -147,7 +147,7 @@ def arm_numbers(session: Session, experiment: Experiment) -> dict[str, ArmNumber
     arms = {"champion": experiment.champion, "canary": experiment.canary}
     served = (Interaction.requested_model == experiment.alias) & (Interaction.created_at >= experiment.started_at)
     numbers = {}
-    vote = votes()
+    vote = votes(served)  # ranks this experiment's ratings only, not the whole table
     for arm, version in arms.items():
         same_version = Interaction.adapter_version.is_(None) if version is None else \
             Interaction.adapter_version == version

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import CursorResult, Subquery, case, delete, func, select
+from sqlalchemy import ColumnElement, CursorResult, Subquery, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -35,8 +35,9 @@ class RatingResult:
     arm: str = ""
 
 
-def votes() -> Subquery:
-    """One vote per answer: (interaction_id, rating) for every rated interaction.
+def votes(*where: ColumnElement[bool]) -> Subquery:
+    """One vote per answer: (interaction_id, rating) for every rated interaction (of those
+    matching `where`, conditions on Interaction: the window then ranks only their ratings).
 
     An answer's vote is its own end user's rating when they gave one, otherwise the first
     rating anyone gave it. A key may rate an answer under any `user` value it likes, so
@@ -47,7 +48,7 @@ def votes() -> Subquery:
         partition_by=f.c.interaction_id,
         order_by=(case((f.c.end_user == i.c.end_user, 0), else_=1), f.c.created_at, f.c.id))
     ranked = (select(f.c.interaction_id, f.c.rating, rank.label("rank"))
-              .join(i, i.c.id == f.c.interaction_id).subquery("ranked"))
+              .join(i, i.c.id == f.c.interaction_id).where(*where).subquery("ranked"))
     return select(ranked.c.interaction_id, ranked.c.rating).where(ranked.c.rank == 1).subquery("votes")
 
 
