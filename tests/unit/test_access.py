@@ -105,8 +105,9 @@ def test_a_tenants_adapter_never_serves_another_tenants_alias(gw: Gateway, tmp_p
 
 
 def test_training_data_stays_with_its_tenant(gw: Gateway, tmp_path: Path) -> None:
-    """An alias a tenant owns trains on that tenant's ratings only; a shared alias never on
-    the ratings of a tenant that owns an alias."""
+    """An alias a tenant owns trains on that tenant's ratings only; a shared alias on tenant
+    'default' only, unless cross-tenant training is opted in, and even then never on the
+    ratings of a tenant that owns an alias."""
     own_adapter(gw, tmp_path, "globex")
     engine = make_engine(gw.settings.db_url)
     sessions = make_sessionmaker(engine)
@@ -121,9 +122,12 @@ def test_training_data_stays_with_its_tenant(gw: Gateway, tmp_path: Path) -> Non
         write_ratings(session, [Rating(r["id"], None, 1 if i % 4 < 2 else -1, None, r["tenant"])
                                 for i, r in enumerate(rows)])
     with sessions() as session:
-        for alias, tenant in (("globex-support", "globex"), ("default", "acme")):
-            data = build(session, "kto", for_alias(session, alias, DataConfig(heldout_fraction=0.0)))["train"]
+        for alias, tenant, cross in (("globex-support", "globex", False), ("default", "acme", True)):
+            cfg = DataConfig(heldout_fraction=0.0, cross_tenant=cross)
+            data = build(session, "kto", for_alias(session, alias, cfg))["train"]
             assert data and all(e["prompt"][0]["content"].startswith(tenant) for e in data), alias
+        # by default a shared alias learns nothing from acme (a tenant that never opted in)
+        assert build(session, "kto", for_alias(session, "default", DataConfig(heldout_fraction=0.0)))["train"] == []
     engine.dispose()
 
 
