@@ -92,18 +92,18 @@ def is_heldout(key: str, fraction: float) -> bool:
 
 def _rated(cfg: DataConfig) -> Select:
     """The rated answers `cfg` admits, each once with its vote as `score` (a JOIN, no id list)."""
-    i, v = Interaction.__table__, votes()
-    query = (select(i.c.id, i.c.prompt, i.c.response, i.c.kind, i.c.end_user, i.c.adapter_version,
-                    i.c.regenerates, i.c.created_at, v.c.rating.label("score"))
-             .join(v, v.c.interaction_id == i.c.id)
-             .where(i.c.response.is_not(None), i.c.prompt.is_not(None), i.c.status == 200))
+    i = Interaction.__table__
+    admitted = [i.c.response.is_not(None), i.c.prompt.is_not(None), i.c.status == 200]
     if cfg.adapter_version is not None:
-        query = query.where(i.c.adapter_version == cfg.adapter_version)
+        admitted.append(i.c.adapter_version == cfg.adapter_version)
     if cfg.tenant is not None:
-        query = query.where(i.c.tenant == cfg.tenant)
+        admitted.append(i.c.tenant == cfg.tenant)
     if cfg.exclude_tenants:
-        query = query.where(i.c.tenant.not_in(cfg.exclude_tenants))
-    return query
+        admitted.append(i.c.tenant.not_in(cfg.exclude_tenants))
+    v = votes(*admitted)  # the vote's window then ranks only these answers' ratings
+    return (select(i.c.id, i.c.prompt, i.c.response, i.c.kind, i.c.end_user, i.c.adapter_version,
+                   i.c.regenerates, i.c.created_at, v.c.rating.label("score"))
+            .join(v, v.c.interaction_id == i.c.id))
 
 
 def _stream(session: Session, query: Select) -> Iterator[Any]:
