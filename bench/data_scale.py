@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -83,7 +83,7 @@ def rows(n: int, seed: int = 0, stuffing: float = 0.02) -> Iterator[tuple[list[d
         answers = 1 if rng.random() < 0.75 else rng.randint(2, 4)
         previous = None
         for k in range(min(answers, n - rated)):
-            regenerates = previous if k == 1 and rng.random() < 0.3 else None
+            regenerates: str | None = previous if k == 1 and rng.random() < 0.3 else None
             liked = rng.random() < (0.9 if regenerates else 0.6)
             if k == 0 and answers > 1 and rng.random() < 0.3:
                 liked = False  # the answer a user regenerated: they disliked it
@@ -165,11 +165,16 @@ def bench(db_url: str, n: int, runs: int, work: Path) -> dict:
     return result
 
 
-def fresh_database(kind: str, work: Path) -> tuple[str, object]:
+def fresh_database(kind: str, work: Path) -> tuple[str, Callable[[], None]]:
     """(url, cleanup) of an empty database of `kind`."""
     if kind == "sqlite":
         path = work / f"bench-{uuid.uuid4().hex[:8]}.db"
-        return f"sqlite:///{path}", lambda: [p.unlink(missing_ok=True) for p in work.glob(f"{path.name}*")]
+
+        def remove() -> None:  # with its -wal and -shm files
+            for p in work.glob(f"{path.name}*"):
+                p.unlink()
+
+        return f"sqlite:///{path}", remove
     import psycopg
 
     name = f"loraloop_bench_{uuid.uuid4().hex[:10]}"
@@ -198,7 +203,7 @@ def main() -> None:
                 try:
                     result = {"database": kind, **bench(url, n, args.runs if n < 1_000_000 else 1, Path(tmp))}
                 finally:
-                    cleanup()  # type: ignore[operator]
+                    cleanup()
             print(json.dumps(result), file=sys.stderr, flush=True)
             results.append(result)
     print("| database | rated answers | feedback rows | fill (s) | report (s) | report peak RSS (MiB) "
