@@ -17,7 +17,8 @@ N replicas behind a load balancer let a key make up to N times its limit.
 Redis away (refused, timed out, out of memory, read-only): the limiter fails open to this
 replica's own buckets, logs one warning, counts the error
 (`loraloop_rate_limit_redis_errors_total`, `loraloop_rate_limit_redis_up` 0) and tries Redis
-again after `REDIS_RETRY_S`. Completions keep working through a Redis outage; meanwhile each
+again after `REDIS_RETRY_S`, with one request at a time (the others keep to the local buckets
+until it answers). Completions keep working through a Redis outage; meanwhile each
 replica enforces the limit on its own (a key gets up to N times it across N replicas), and
 the local buckets start full.
 """
@@ -118,6 +119,7 @@ class RateLimiter:
         self.redis_up = self.shared is not None  # False while falling back to the local buckets
         self.redis_errors = 0  # charges Redis could not answer
         self._skip_redis_until = 0.0
+        self._probing = False  # one charge is asking a Redis that was away whether it is back
 
     async def charge(self, key_id: int | None, key_rpm: int | None) -> None:
         """Takes one request from the key's bucket, or raises RateLimited."""
@@ -136,8 +138,16 @@ class RateLimiter:
 
     async def _take_shared(self, key_id: int, rate: float, capacity: float) -> float | None:
         """Redis's answer, or None: no Redis, or it is away (then the local buckets decide)."""
-        if self.shared is None or time.monotonic() < self._skip_redis_until:
+        if self.shared is None:
             return None
+        probe = not self.redis_up
+        if probe:
+            # Redis was away: one charge at a time finds out whether it is back, the others
+            # use the local buckets meanwhile. Without this, every charge arriving once
+            # REDIS_RETRY_S is up would wait on a dead Redis at the same moment.
+            if self._probing or time.monotonic() < self._skip_redis_until:
+                return None
+            self._probing = True
         try:
             wait = await self.shared.take(key_id, rate, capacity)
         except (RedisError, OSError) as exc:
@@ -148,6 +158,9 @@ class RateLimiter:
                             "keys on its own until it is back", type(exc).__name__, exc)
             self.redis_up = False
             return None
+        finally:
+            if probe:
+                self._probing = False
         if not self.redis_up:
             log.info("rate limits: Redis is back; limits hold across replicas again")
             self.redis_up = True

@@ -269,3 +269,37 @@ def test_a_gateway_whose_redis_is_away_still_serves_and_limits_on_its_own(tmp_pa
         samples = scrape(gw)
         assert value(samples, "loraloop_rate_limit_redis_up") == 0
         assert value(samples, "loraloop_rate_limit_redis_errors_total") >= 1
+
+
+async def test_after_an_outage_one_charge_asks_redis_again_the_others_do_not_wait(
+        redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rate_limit, "REDIS_RETRY_S", 0.1)
+    proxy = RedisProxy(redis_url, hang=True)  # a Redis that takes every charge's full timeout
+    await proxy.start()
+    limiter = RateLimiter(6000, 60, proxy.url, prefix)  # plenty of tokens: every charge passes
+    assert await admitted(limiter, 1)
+    assert not limiter.redis_up
+    await asyncio.sleep(0.15)  # the retry moment has come
+    asked = 0
+    take = limiter.shared.take  # type: ignore[union-attr]
+
+    async def counted(*args: object) -> float:
+        nonlocal asked
+        asked += 1
+        return await take(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(limiter.shared, "take", counted)
+    loop = asyncio.get_running_loop()
+
+    async def timed() -> tuple[bool, float]:
+        started = loop.time()
+        return await admitted(limiter, 1), loop.time() - started
+
+    results = await asyncio.gather(*(timed() for _ in range(20)))
+    assert asked == 1  # one probe; the other 19 used the local bucket meanwhile
+    assert all(ok for ok, _ in results)
+    waits = sorted(seconds for _, seconds in results)
+    assert waits[-2] < 0.1 and waits[-1] >= rate_limit.REDIS_TIMEOUT_S  # only the probe waited
+    assert not limiter.redis_up and limiter.redis_errors == 2
+    await limiter.aclose()
+    await proxy.stop()
