@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 import httpx
@@ -30,6 +31,8 @@ class Replica:
     slow_probes: int = 0  # consecutive probes that timed out
     failures: int = 0  # consecutive completions answered 502/503/504
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # adapter version -> time.monotonic() of its last failed load here (see ensure_loaded)
+    load_failed_at: dict[str, float] = field(default_factory=dict)
 
 
 class Fleet:
@@ -39,6 +42,9 @@ class Fleet:
     # A 502/503/504 is often one overloaded moment or a proxy hiccup: the request moves on,
     # the replica stays in rotation until this many in a row (or a probe) say it is down.
     FAILURES_TO_DOWN = 3
+    # A load that just failed on a replica (hung, or refused) is not tried there again for
+    # this long: requests fail over at once instead of each waiting out a load of its own.
+    LOAD_FAILURE_MEMORY_S = 5.0
 
     def __init__(self, urls: list[str], client: httpx.AsyncClient, probe_timeout_s: float = 5.0,
                  load_timeout_s: float = 30.0):
@@ -111,30 +117,58 @@ class Fleet:
         replica.failures = 0
 
     async def ensure_loaded(self, replica: Replica, name: str, path: str) -> None:
-        """Loads adapter version `name` on `replica` unless it already holds it."""
+        """Loads adapter version `name` on `replica` unless it already holds it. Raises
+        AdapterLoadFailed (its message names the replica and what it said: for the logs, not
+        for clients) when it did not load within `load_timeout_s`, waiting included, or
+        failed there a moment ago."""
         if name in replica.loaded:
             return
+        self._raise_if_failed_lately(replica, name)
         lock = replica._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            if name in replica.loaded:
-                return
-            try:
-                # The deadline covers the whole call: httpx's timeouts are per read, and a
-                # replica trickling bytes (or a transport without timeouts) could hold it forever.
-                async with asyncio.timeout(self.load_timeout_s):
-                    resp = await self.client.post(f"{replica.url}/v1/load_lora_adapter",
-                                                  json={"lora_name": name, "lora_path": path},
-                                                  timeout=self.load_timeout_s)
-            except (TimeoutError, httpx.TimeoutException) as exc:
-                raise AdapterLoadFailed(f"replica {replica.url} did not load adapter {name} "
-                                        f"within {self.load_timeout_s:g} s") from exc
-            # 400 "already loaded" means another gateway replica got there first: fine.
-            if resp.status_code == 200 or (resp.status_code == 400 and "already" in resp.text):
-                replica.loaded.add(name)
-                log.info("loaded adapter %s on %s", name, replica.url)
-                return
-            raise AdapterLoadFailed(f"replica {replica.url} refused adapter {name}: "
-                                    f"{resp.status_code} {resp.text[:200]}")
+        loading = False
+        try:
+            # One deadline for waiting on the lock and for the load: a request queued behind
+            # a hung load gives up with it, not one load timeout after the one before it.
+            async with asyncio.timeout(self.load_timeout_s), lock:
+                if name in replica.loaded:
+                    return
+                # The load it waited on failed: failing over now beats trying it again.
+                self._raise_if_failed_lately(replica, name)
+                loading = True
+                # httpx's timeouts are per read; the deadline above covers the whole call, as
+                # a replica trickling bytes (or a transport without timeouts) could hold it forever.
+                resp = await self.client.post(f"{replica.url}/v1/load_lora_adapter",
+                                              json={"lora_name": name, "lora_path": path},
+                                              timeout=self.load_timeout_s)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            if not loading:  # waited out the deadline behind another request's load
+                raise AdapterLoadFailed(f"replica {replica.url}: gave up waiting on another load of "
+                                        f"adapter {name} after {self.load_timeout_s:g} s") from exc
+            self._load_failed(replica, name)
+            raise AdapterLoadFailed(f"replica {replica.url} did not load adapter {name} "
+                                    f"within {self.load_timeout_s:g} s") from exc
+        # 400 "already loaded" means another gateway replica got there first: fine.
+        if resp.status_code == 200 or (resp.status_code == 400 and "already" in resp.text):
+            replica.loaded.add(name)
+            replica.load_failed_at.pop(name, None)
+            log.info("loaded adapter %s on %s", name, replica.url)
+            return
+        self._load_failed(replica, name)
+        # vLLM's text names the adapter's path on disk: logs only (the proxy tells the client
+        # something generic), and no more than 200 characters of it.
+        raise AdapterLoadFailed(f"replica {replica.url} refused adapter {name}: "
+                                f"{resp.status_code} {resp.text[:200]}")
+
+    def _load_failed(self, replica: Replica, name: str) -> None:
+        replica.load_failed_at[name] = time.monotonic()
+
+    def _raise_if_failed_lately(self, replica: Replica, name: str) -> None:
+        """A load that failed (timed out, or was refused) LOAD_FAILURE_MEMORY_S ago or less is
+        not tried again: every request would otherwise wait out its own copy of a hung load."""
+        failed_at = replica.load_failed_at.get(name)
+        if failed_at is not None and time.monotonic() - failed_at < self.LOAD_FAILURE_MEMORY_S:
+            raise AdapterLoadFailed(f"replica {replica.url} failed to load adapter {name} "
+                                    f"{time.monotonic() - failed_at:.1f} s ago; not retried yet")
 
     def holds(self, name: str) -> bool:
         """Whether some replica in rotation has `name` loaded (and so can serve it now)."""

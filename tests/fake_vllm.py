@@ -29,6 +29,8 @@ class FakeReplica:
     error_status: int = 503
     refuse_loads: bool = False  # load_lora_adapter answers 500
     hang_loads: bool = False  # load_lora_adapter never answers
+    # a refused load says this, {path} being the adapter's path (vLLM's errors name it)
+    refuse_message: str = "cannot load: disk full"
     answer_delay_s: float = 0.0  # a non-streamed answer takes this long (vLLM answers when done)
     aborted: int = 0  # completion requests cancelled (the gateway closed them) before the answer
     stream_words: int = 0  # a streamed answer has this many words (0: the short default answer)
@@ -74,7 +76,8 @@ class FakeFleet:
             if replica.hang_loads:
                 await asyncio.Event().wait()  # until the caller gives up (cancels)
             if replica.refuse_loads:
-                return httpx.Response(500, json={"error": {"message": "cannot load: disk full"}})
+                message = replica.refuse_message.format(path=body["lora_path"])
+                return httpx.Response(500, json={"error": {"message": message}})
             if body["lora_name"] in replica.loaded:
                 return httpx.Response(400, json={"error": {"message": "already been loaded"}})
             replica.loaded[body["lora_name"]] = body["lora_path"]

@@ -106,7 +106,9 @@ class Forwarder:
                 try:
                     response = await self._try(replica, kind, content, headers, route, stream, served, record)
                 except AdapterLoadFailed as exc:
-                    # Another replica may well load it (a full disk, a hung load here).
+                    # Another replica may well load it (a full disk, a hung load here). The
+                    # detail (replica URL, vLLM's words with the adapter's path) is logged here
+                    # and never reaches the client.
                     log.warning("%s", exc)
                     load_failed = exc
                     self.metrics.failovers.labels(replica.url, "adapter_load").inc()
@@ -128,7 +130,9 @@ class Forwarder:
                     return response
                 break
         if load_failed is not None:
-            raise load_failed
+            # Generic for the app: the load failures name upstream URLs and file paths.
+            raise AdapterLoadFailed("The adapter could not be loaded on any model server; "
+                                    "retry shortly.") from load_failed
         raise NoHealthyUpstream("No healthy model server is available; retry shortly.")
 
     async def _try(self, replica: Replica, kind: str, content: bytes, headers: dict[str, str],

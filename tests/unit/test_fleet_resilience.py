@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -258,3 +259,89 @@ def test_a_replica_refusing_the_gateways_key_is_taken_out_and_the_app_never_sees
         assert chat(gw.sdk(), BASE).parse().choices[0].message.content.endswith(right.url)
     assert healthy(gw) == [right.url]
     assert failovers(gw, wrong.url, "upstream_auth") == 1
+
+
+# 6. What a failed load says stays in the logs; the app gets a generic 502.
+
+def test_a_failed_load_tells_the_app_nothing_of_upstream_urls_paths_or_vllms_words(
+        gw: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    for replica in gw.fleet.replicas.values():
+        replica.refuse_loads = True
+        replica.refuse_message = "Loading lora failed: No adapter found for {path} (disk full)"
+    with caplog.at_level(logging.WARNING):
+        resp = gw.http.post("/v1/chat/completions", headers={"authorization": f"Bearer {gw.app_key}"},
+                            json={"model": gw.pinned, "messages": [{"role": "user", "content": "hi"}]})
+    assert resp.status_code == 502 and resp.json()["error"]["code"] == "adapter_load_failed"
+    body = resp.text
+    assert "could not be loaded on any model server" in body
+    for leak in [*gw.fleet.urls, "r0", "r1", "8000", str(gw.settings.data_dir), "/store", "No adapter found",
+                 "disk full", "500"]:
+        assert leak not in body, leak
+    # the operator still learns which replica said what, in the logs
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert all(url in logged for url in gw.fleet.urls) and "disk full" in logged
+
+
+# 7. A hung load: requests waiting behind it give up with it, and then fail over at once.
+
+async def _concurrent_chats(app, key: str, model: str, n: int) -> list[tuple[int, float, str]]:  # type: ignore[no-untyped-def]
+    """`n` non-streamed chats at once, straight to the ASGI app: (status, seconds, body) each."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30) as client:
+        async def one() -> tuple[int, float, str]:
+            started = time.monotonic()
+            resp = await client.post("/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                                     json={"model": model, "messages": [{"role": "user", "content": "hi"}]})
+            return resp.status_code, time.monotonic() - started, resp.text
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+@pytest.mark.parametrize("hung_replicas", [1, 2])
+def test_requests_behind_a_hung_load_give_up_together_not_in_turn(gw: Gateway, hung_replicas: int) -> None:
+    fleet = gw.http.app.state.gateway.fleet
+    fleet.load_timeout_s = 0.3
+    fakes = list(gw.fleet.replicas.values())
+    for fake in fakes[:hung_replicas]:
+        fake.hang_loads = True
+    # The good replica takes its time, so it is as busy as the hung one and the requests
+    # spread over both: about half of them start at the hung load.
+    fakes[1].answer_delay_s = 0.3
+    answers = gw.http.portal.call(_concurrent_chats, gw.http.app, gw.app_key, gw.pinned, 10)
+    took = max(seconds for _, seconds, _ in answers)
+    # one load timeout, then the answer: about 0.6 s. In turn, the 5th request at the hung
+    # load alone would have waited 1.5 s.
+    assert took < 1.2, f"requests took turns at the hung load: {sorted(s for _, s, _ in answers)}"
+    if hung_replicas == 1:
+        assert [status for status, _, _ in answers] == [200] * 10
+        assert all(body.count(fakes[1].url) == 1 for _, _, body in answers)  # the other one served
+    else:
+        assert [status for status, _, _ in answers] == [502] * 10
+        assert all("adapter_load_failed" in body for _, _, body in answers)
+        # a new request right after does not wait out a load that just hung: it is 502 at once
+        ((status, seconds, _),) = gw.http.portal.call(_concurrent_chats, gw.http.app, gw.app_key, gw.pinned, 1)
+        assert status == 502 and seconds < 0.2
+    assert all(r.in_flight == 0 for r in fleet.replicas)
+
+
+def test_a_failed_load_is_tried_again_once_its_memory_has_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeFleet(1)
+    refusing = fake.replicas[fake.urls[0]]
+    refusing.refuse_loads = True
+
+    async def load() -> None:
+        async with httpx.AsyncClient(transport=fake.transport()) as client:
+            fleet = Fleet(fake.urls, client, load_timeout_s=1)
+            monkeypatch.setattr(fleet, "LOAD_FAILURE_MEMORY_S", 0.2)
+            await fleet.probe_all()
+            with pytest.raises(AdapterLoadFailed, match="refused"):
+                await fleet.ensure_loaded(fleet.replicas[0], "v1", "/store/v1")
+            refusing.refuse_loads = False
+            with pytest.raises(AdapterLoadFailed, match="not retried yet"):  # too soon: no request sent
+                await fleet.ensure_loaded(fleet.replicas[0], "v1", "/store/v1")
+            assert refusing.loads == []
+            await asyncio.sleep(0.25)
+            await fleet.ensure_loaded(fleet.replicas[0], "v1", "/store/v1")
+            assert refusing.loads == ["v1"] and "v1" in fleet.replicas[0].loaded
+
+    asyncio.run(load())
+
