@@ -19,10 +19,11 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
 from adapters.errors import AdapterLoadFailed, NoHealthyUpstream, UpstreamTimeout
 from adapters.fleet import Fleet, Replica
@@ -46,6 +47,8 @@ CLIENT_CLOSED = 499
 # What a stream keeps for the log when the key logs no text: enough for the last chunks
 # (finish_reason, usage), not the whole answer held in memory until the stream ends.
 LOG_TAIL_BYTES = 4096
+# Closing an upstream stream after a cancellation is shielded from it; this bounds the wait.
+CLOSE_TIMEOUT_S = 5.0
 UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
@@ -125,6 +128,9 @@ class Forwarder:
                 except httpx.PoolTimeout:
                     break  # our own connection pool is full for this replica: try another
                 except httpx.TimeoutException as exc:
+                    # A replica whose generation hangs must leave rotation eventually, as one
+                    # answering 503 does: it times out every request sent its way meanwhile.
+                    self.fleet.report_failure(replica, exc)
                     raise UpstreamTimeout(f"Upstream did not answer within the timeout ({exc!r}).") from None
                 if response is not None:
                     return response
@@ -180,8 +186,8 @@ class Forwarder:
             self.metrics.ttft.labels(route.alias or "", route.adapter or "", route.arm) \
                 .observe(time.perf_counter() - record.started)
             handed_over = True
-            return StreamingResponse(self._relay(first, chunks, upstream, replica, record),
-                                     upstream.status_code, out_headers)
+            return ClosingStreamingResponse(self._relay(first, chunks, upstream, replica, record),
+                                            upstream.status_code, out_headers)
         finally:
             if not handed_over:
                 replica.in_flight -= 1
@@ -225,15 +231,39 @@ class Forwarder:
         except httpx.HTTPError as exc:
             # Headers are gone already: tell the client in-band, as an SSE error event.
             log.warning("stream from %s broke: %r", replica.url, exc)
+            if isinstance(exc, httpx.TimeoutException):  # generation hung mid-stream
+                self.fleet.report_failure(replica, exc)
             error = {"error": {"message": f"upstream stream broke: {exc!r}", "type": "api_error",
                                "param": None, "code": "upstream_stream_broken"}}
             yield f"data: {json.dumps(error)}\n\n".encode()
         finally:
+            # The bookkeeping first, then the one await, shielded: this can run inside a
+            # cancelled scope (anyio cancels every await there), and the connection must
+            # still be closed; bounded, so a stuck close cannot hold the task forever.
             replica.in_flight -= 1
-            await upstream.aclose()
             if trimmed:  # the tail starts mid-line: keep whole SSE lines only
                 del seen[:seen.find(b"\n") + 1]
             self._log(record, upstream.status_code, bytes(seen))
+            with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                await upstream.aclose()
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body iterator once it is done, whatever ended it.
+
+    When a cancellation lands while a send is blocked (a slow client, a server shutting
+    down), Starlette leaves the generator suspended at its `yield`: its `finally` (in_flight,
+    the log, the upstream connection) would run only when garbage collection finalises it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                # this runs in a cancelled scope, too: shielded, and bounded
+                with anyio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
+                    await aclose()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -4,6 +4,7 @@ clients that hang up before their answer, and long streams for keys that log no 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -345,3 +346,70 @@ def test_a_failed_load_is_tried_again_once_its_memory_has_passed(monkeypatch: py
 
     asyncio.run(load())
 
+
+# 8. A replica whose generation hangs leaves rotation; an abandoned stream is released at once.
+
+def test_read_timeouts_take_a_replica_out_of_rotation(gw: Gateway) -> None:
+    fleet = gw.http.app.state.gateway.fleet
+    hanging, other = gw.fleet.replicas.values()
+    hanging.slow = True  # every completion there ends in a read timeout
+    statuses = []
+    for _ in range(4 * fleet.FAILURES_TO_DOWN):
+        resp = gw.http.post("/v1/chat/completions", headers={"authorization": f"Bearer {gw.app_key}"},
+                            json={"model": BASE, "messages": [{"role": "user", "content": "hi"}]})
+        statuses.append(resp.status_code)
+    assert statuses.count(504) == fleet.FAILURES_TO_DOWN  # then it was out of rotation
+    assert healthy(gw) == [other.url]
+
+
+async def _stream_then_cancel(app, key: str, state) -> tuple[list[int], list[int]]:  # type: ignore[no-untyped-def]
+    """Streams a chat completion straight to the ASGI app, blocks the second body send (a
+    client that stopped reading) and cancels the request there; returns the replicas'
+    in_flight while blocked and right after the cancellation, before anything else runs."""
+    body = json.dumps({"model": BASE, "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    blocked = asyncio.Event()
+    bodies = 0
+
+    request_sent = False
+
+    async def receive() -> dict:
+        nonlocal request_sent
+        if not request_sent:
+            request_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client never hangs up: the request is cancelled
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        nonlocal bodies
+        if message["type"] == "http.response.body":
+            bodies += 1
+            if bodies == 2:
+                blocked.set()
+                await asyncio.Event().wait()  # until cancelled
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
+             "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {key}".encode()),
+                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "state": {}}
+    call = asyncio.ensure_future(app(scope, receive, send))
+    await asyncio.wait_for(blocked.wait(), 10)
+    during = [r.in_flight for r in state.fleet.replicas]
+    call.cancel()
+    await asyncio.wait((call,))
+    return during, [r.in_flight for r in state.fleet.replicas]  # no await since: no GC, no finalizer task
+
+
+def test_a_stream_cancelled_while_its_send_is_blocked_is_released_at_once(gw: Gateway) -> None:
+    state = gw.http.app.state.gateway
+    gc.disable()  # the release must not depend on the garbage collector
+    try:
+        during, after = gw.http.portal.call(_stream_then_cancel, gw.http.app, gw.app_key, state)
+    finally:
+        gc.enable()
+    assert sum(during) == 1
+    assert after == [0, 0]
+    (row,) = interactions(gw)  # logged, as far as it got
+    assert row.status == 200
