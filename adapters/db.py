@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -28,6 +30,13 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when `exc` says the database is away or busy (worth retrying, 503 to a client),
+    False when it refused what was sent (a retry would fail the same way, forever)."""
+    return isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, PoolTimeout,
+                            ConnectionError, TimeoutError))
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker:

@@ -9,8 +9,9 @@ Processes: `loraloop serve` on PostgreSQL (a scratch database on 127.0.0.1:5432)
 the stub upstream (bench/stub_upstream.py), so what is measured is the gateway, not a model.
 Normal users: --users threads, each in a loop: a chat completion on `default` with its own
 user id, a thumb on it, then --think-ms of reading (without it the users alone saturate the
-gateway, and any extra load, hostile or not, then only measures its capacity). Each round runs them alone for --phase-s seconds (the
-baseline), then again beside a hostile client that at once
+gateway, and any extra load, hostile or not, then only measures its capacity). Each round
+runs them alone for --phase-s seconds (the baseline), then again beside a hostile client
+that at once
 
 - sends random well-formed API keys at --random-key-rps (pre-auth load),
 - sends completions and ratings with lone surrogates, NaN, deep nesting (poison input),
@@ -168,7 +169,8 @@ def random_keys(seconds: float, rps: float) -> subprocess.Popen:
     not bounded by a Python client's speed."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(WRK_SCRIPT % max(0, round(10 * 1000 / rps) - 2))  # minus ~ the answer's own time
-    return subprocess.Popen(["nice", "-n", "19", "wrk", "-t1", "-c10", f"-d{max(1, round(seconds))}s", "-s", str(script),
+    duration = f"-d{max(1, round(seconds))}s"
+    return subprocess.Popen(["nice", "-n", "19", "wrk", "-t1", "-c10", duration, "-s", str(script),
                              f"http://127.0.0.1:{GATEWAY_PORT}/v1/chat/completions"],
                             stdout=subprocess.PIPE, text=True)
 

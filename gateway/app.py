@@ -49,8 +49,8 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     app.include_router(feedback_router)
     if settings.admin_api:
         app.include_router(admin_router)
-        if settings.admin_port:
-            app.add_middleware(AdminPortOnly, admin_port=settings.admin_port)
+    if settings.admin_port:  # the operators' port: /metrics and /ready's details, also without the admin API
+        app.add_middleware(AdminPortOnly, admin_port=settings.admin_port)
     install_openapi(app)
 
     @app.get("/health")

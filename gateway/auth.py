@@ -7,7 +7,7 @@ authenticated request is charged to its key's rate limit (gateway/rate_limit.py)
 from __future__ import annotations
 
 import hashlib
-import math
+import ipaddress
 import re
 import secrets
 import time
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import anyio
 from sqlalchemy import select
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 
+from adapters.db import is_outage
 from adapters.errors import Forbidden, NotFound, RateLimited, Unauthenticated
 from adapters.schema import ApiKey, Scope, utcnow
 from gateway.rate_limit import RateLimiter
@@ -98,19 +98,27 @@ class Authenticator:
        a hash or a lookup;
     2. a cache of known keys and one of unknown ones, separate LRUs, so a flood of random
        well-formed keys can never evict the keys real clients use;
-    3. the database, on a miss, at most `failures_per_minute` times a minute per client
-       address for keys that turn out unknown: past that the address gets 429 without a
-       lookup (keys it already used successfully keep working).
+    3. the database, on a miss. A client address may spend `failures_per_minute` lookups a
+       minute on keys it has not used successfully yet (the token is taken before the lookup
+       and given back when the key exists, so concurrent requests cannot all pass). Past
+       that its lookups take turns, one at a time for all such addresses, and get 429 while
+       that lane is busy: a guessing client costs the database one connection at most, and
+       a real key sent from the same address (a NAT, a proxy) still gets through. At most
+       `max_lookups` lookups run at once in all, so they never take the thread pool or the
+       database's connections from the interaction log and the ratings.
     """
 
     def __init__(self, sessions: sessionmaker | None, cache_ttl_s: float,
-                 limiter: RateLimiter | None = None, failures_per_minute: int = 60, cache_size: int = 10_000):
+                 limiter: RateLimiter | None = None, failures_per_minute: int = 60, cache_size: int = 10_000,
+                 max_lookups: int = 4):
         self.sessions = sessions  # None: development mode, every caller is an admin
         self.cache_ttl_s = cache_ttl_s
         self.limiter = limiter or RateLimiter(0, 10)
         self._known = _Lru(cache_size)  # key hash -> (Principal | None (revoked), valid until)
         self._unknown = _Lru(cache_size)  # key hash -> valid until
         self._failures = FailureLimiter(failures_per_minute)
+        self._lookups = anyio.CapacityLimiter(max_lookups)
+        self._slow_lane = anyio.Lock()  # lookups of addresses over their budget, one at a time
         self.refused_shape = 0  # counted for the metrics
         self.refused_unknown = 0
 
@@ -148,57 +156,86 @@ class Authenticator:
             return known[0]
         unknown_until = self._unknown.get_fresh(key_hash)
         if known is None and unknown_until is not None and unknown_until > now:
-            self._failures.charge(client)
+            self._failures.spend(client)
             return None
-        if known is None:  # a client that keeps guessing costs no more lookups
-            self._failures.check(client)
+        if known is not None:  # seen before: re-checking it is no guess
+            return await self._look_up(key_hash, known)
+        if self._failures.take(client):
+            principal = await self._look_up(key_hash, None)
+            if principal is not None:
+                self._failures.refund(client)
+            return principal
+        if self._slow_lane.locked():
+            raise RateLimited("Too many invalid API keys from this address; retry shortly.", retry_after_s=1)
+        async with self._slow_lane:
+            return await self._look_up(key_hash, None)
+
+    async def _look_up(self, key_hash: str, known: tuple[Principal | None, float] | None) -> Principal | None:
+        now = time.monotonic()
         try:
-            principal = await anyio.to_thread.run_sync(self._lookup, key_hash)
-        except (OperationalError, InterfaceError):
-            if known is None:
+            principal = await anyio.to_thread.run_sync(self._lookup, key_hash, limiter=self._lookups)
+        except Exception as exc:
+            if known is None or not is_outage(exc):
                 raise
             # The database is restarting: a key seen recently keeps working meanwhile
             # (a revocation made during the outage takes effect once it is back).
             return known[0]
         if principal is None and known is None:
             self._unknown.put(key_hash, now + self.cache_ttl_s)
-            self._failures.charge(client)
         else:  # revoked keys stay here, so a revocation never makes room for random keys
             self._known.put(key_hash, (principal, now + self.cache_ttl_s))
         return principal
 
 
 class FailureLimiter:
-    """Failed key checks per client address: a token bucket of `per_minute` failures."""
+    """Lookups of not-yet-known keys per client address: a token bucket of `per_minute`.
+    IPv6 addresses count by /64 (one host can hold a whole /64)."""
 
     def __init__(self, per_minute: int, addresses: int = 100_000):
         self.rate = per_minute / 60.0
         self.capacity = float(max(1, per_minute))
         self._buckets = _Lru(addresses)  # address -> (tokens, at)
 
-    def check(self, client: str) -> None:
-        """RateLimited when `client` has no failure left to spend."""
-        tokens = self._tokens(client, time.monotonic())
-        if tokens < 1.0:
-            wait = math.ceil((1.0 - tokens) / self.rate)
-            raise RateLimited(f"Too many invalid API keys from this address. Retry in {wait} s.",
-                              retry_after_s=wait)
-
-    def charge(self, client: str) -> None:
-        """Spends one of `client`'s failures."""
-        now = time.monotonic()
-        self._buckets.put(client, (max(0.0, self._tokens(client, now) - 1.0), now))
-
-    def _tokens(self, client: str, now: float) -> float:
+    def take(self, client: str) -> bool:
+        """Spends one of `client`'s tokens if it has one; False when it has none."""
         if self.rate <= 0:  # off
-            return self.capacity
-        tokens, at = self._buckets.get(client) or (self.capacity, now)
+            return True
+        now, where = time.monotonic(), _network(client)
+        tokens = self._tokens(where, now)
+        if tokens < 1.0:
+            return False
+        self._buckets.put(where, (tokens - 1.0, now))
+        return True
+
+    def spend(self, client: str) -> None:
+        """Spends a token whether or not there is one (a key already known to be unknown)."""
+        if self.rate > 0:
+            now, where = time.monotonic(), _network(client)
+            self._buckets.put(where, (max(0.0, self._tokens(where, now) - 1.0), now))
+
+    def refund(self, client: str) -> None:
+        """Gives back the token of a lookup that found a key."""
+        if self.rate > 0:
+            now, where = time.monotonic(), _network(client)
+            self._buckets.put(where, (min(self.capacity, self._tokens(where, now) + 1.0), now))
+
+    def _tokens(self, where: str, now: float) -> float:
+        tokens, at = self._buckets.get(where) or (self.capacity, now)
         return min(self.capacity, tokens + (now - at) * self.rate)
 
 
+def _network(client: str) -> str:
+    if ":" not in client:
+        return client
+    try:
+        return str(ipaddress.ip_network(f"{client}/64", strict=False))
+    except ValueError:
+        return client
+
+
 def client_address(request: Request) -> str:
-    """The caller's address as the server sees it (behind a proxy: run uvicorn with
-    --proxy-headers / --forwarded-allow-ips so it is the client's, not the proxy's)."""
+    """The caller's address as the server sees it (behind a proxy: the client's, from
+    X-Forwarded-For, when LORALOOP_FORWARDED_ALLOW_IPS names the proxy)."""
     return request.client.host if request.client else ""
 
 

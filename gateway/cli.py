@@ -72,7 +72,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         listeners.run(create_app(settings), settings.host, settings.port, settings.admin_host,
-                      settings.admin_port if settings.admin_api else None, args.access_log)
+                      settings.admin_port, args.access_log, settings.forwarded_allow_ips)
     except SystemExit:
         pass
     finally:

@@ -9,11 +9,12 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DataError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from adapters import errors as e
+from adapters.db import is_outage
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ def error_response(exc: Exception, retry_after_s: int = 5) -> JSONResponse:
     if isinstance(exc, DataError):  # e.g. a NUL character, which PostgreSQL cannot store
         message = "A value in the request cannot be stored (for example a NUL character)."
         return JSONResponse(error_body(message, "invalid_request_error", "invalid_request"), 400)
-    if isinstance(exc, (OperationalError, InterfaceError)):  # the database is down or restarting
-        log.warning("database unavailable: %s", type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+    if is_outage(exc):  # the database is down, restarting or out of connections
+        orig = getattr(exc, "orig", None)
+        log.warning("database unavailable: %s", type(orig or exc).__name__)
         message = "The database is unavailable for a moment; nothing was stored. Retry shortly."
         return JSONResponse(error_body(message, "service_unavailable", "database_unavailable"), 503,
                             {"Retry-After": str(retry_after_s)})

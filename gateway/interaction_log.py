@@ -17,10 +17,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as SATimeoutError
 from sqlalchemy.orm import sessionmaker
 
+from adapters.db import is_outage
 from adapters.errors import LogQueueFull
 from adapters.feedback import write_interactions
 from adapters.schema import utcnow
@@ -41,7 +40,7 @@ class Record:
     adapter_version: str | None
     arm: str
     kind: str  # chat | completions
-    prompt: Any  # messages or prompt; None when the key does not log prompts
+    request_body: bytes  # the request as received; b"" when the key does not log prompts
     regenerates: str | None
     streamed: bool
     started: float  # time.perf_counter() at arrival
@@ -50,12 +49,11 @@ class Record:
     raw: bytes = b""
     latency_ms: float = 0.0
     keep_text: bool = True
-    body_bytes: int = 0  # of the request: what the prompt costs in memory, roughly
 
     @property
     def size(self) -> int:
         """Bytes this entry holds while it waits to be written."""
-        return self.body_bytes + len(self.raw)
+        return len(self.request_body) + len(self.raw)
 
 
 class InteractionLog:
@@ -127,7 +125,8 @@ class InteractionLog:
                     await anyio.sleep(1)
                     for rec in retry:
                         self.record_retry(rec)
-                    batch = batch[:len(batch) - len(retry)]
+                    retried = {rec.id for rec in retry}
+                    batch = [rec for rec in batch if rec.id not in retried]
             for rec in batch:  # written, or refused for good
                 self.pending.discard(rec.id)
                 self.queued_bytes -= rec.size
@@ -159,18 +158,27 @@ class InteractionLog:
             await progress.wait()
 
     def _write_each(self, batch: list[Record]) -> list[Record]:
-        """Writes `batch` row by row; a refused row is dropped alone and counted. Returns
-        what is left to retry when the database went away meanwhile."""
-        for n, rec in enumerate(batch):
+        """Writes a batch the database refused in halves, and halves of those, until each
+        refused row stands alone and is dropped (counted): a few bad rows cost a few dozen
+        transactions, not one per row of the batch. Returns what is left to retry when the
+        database went away meanwhile."""
+        parts = [batch[len(batch) // 2:], batch[:len(batch) // 2]]
+        while parts:
+            part = parts.pop()
+            if not part:
+                continue
             try:
-                self._write([rec])
-                self.written += 1
+                self._write(part)
+                self.written += len(part)
             except Exception as exc:
                 if is_outage(exc):
-                    return batch[n:]
+                    return [rec for p in (part, *parts) for rec in p]
+                if len(part) > 1:
+                    parts += [part[len(part) // 2:], part[:len(part) // 2]]
+                    continue
                 self.refused += 1
                 # the type only: the message may quote the prompt
-                log.error("interaction %s refused by the database (%s); dropped", rec.id, type(exc).__name__)
+                log.error("interaction %s refused by the database (%s); dropped", part[0].id, type(exc).__name__)
         return []
 
     def _write(self, batch: list[Record]) -> None:
@@ -181,25 +189,28 @@ class InteractionLog:
             self.metrics.count_tokens(rows)
 
 
-def is_outage(exc: BaseException) -> bool:
-    """True when `exc` says the database is away or busy (worth retrying), False when it
-    refused what was sent (a retry would fail the same way, forever)."""
-    return isinstance(exc, (OperationalError, InterfaceError, DisconnectionError, SATimeoutError,
-                            ConnectionError, TimeoutError))
-
-
 def _row(rec: Record) -> dict:
     text, finish_reason, usage = parse_answer(rec.raw, rec.streamed) if rec.status == 200 else (None, None, {})
+    # Only served answers keep their prompt: a refused request's body is worth nothing to
+    # training, and storing it would let a client write 4 MiB rows for free.
+    prompt = prompt_of(rec.request_body, rec.kind) if rec.status == 200 else None
     if text is not None:
         text = text.replace("\x00", "")  # a model can emit one; PostgreSQL cannot store it
     return {
         "id": rec.id, "key_id": rec.key_id, "tenant": rec.tenant, "end_user": rec.end_user,
         "requested_model": rec.requested_model, "adapter_version": rec.adapter_version, "arm": rec.arm,
-        "kind": rec.kind, "prompt": rec.prompt, "response": text if rec.keep_text else None,
+        "kind": rec.kind, "prompt": prompt, "response": text if rec.keep_text else None,
         "finish_reason": finish_reason, "status": rec.status,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
         "latency_ms": rec.latency_ms, "regenerates": rec.regenerates, "created_at": rec.created_at,
     }
+
+
+def prompt_of(request_body: bytes, kind: str) -> Any:
+    """The messages (chat) or prompt (completions) of a request body the gateway accepted."""
+    if not request_body:
+        return None
+    return json.loads(request_body).get("messages" if kind == "chat" else "prompt")
 
 
 def parse_answer(raw: bytes, streamed: bool) -> tuple[str | None, str | None, dict]:

@@ -47,11 +47,14 @@ class AdminPortOnly:
 
 
 def run(app: ASGIApp, host: str, port: int, admin_host: str, admin_port: int | None,
-        access_log: bool) -> None:
+        access_log: bool, forwarded_allow_ips: str = "127.0.0.1") -> None:
     """Serves `app` on the API port, and on the admin port when one is set, in one event loop.
     The API server owns the lifespan and the signals; the admin listener starts after the
-    lifespan is up and stops with the API server."""
-    api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=access_log))
+    lifespan is up and stops with the API server. X-Forwarded-For is believed only from
+    `forwarded_allow_ips` (the proxies in front: a client could name any address otherwise,
+    and the per-address limits would count nothing)."""
+    api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=access_log,
+                                        forwarded_allow_ips=forwarded_allow_ips))
     if not admin_port:
         api.run()
         return

@@ -64,6 +64,9 @@ class Settings(StoreSettings):
     admin_api: bool = Field(True, description="Serve the admin API (/admin/*); false: the CLI only.")
     admin_port: int | None = Field(None, description="Serve the admin API only on this port (gateway/listeners.py).")
     admin_host: str = Field("127.0.0.1", description="Interface of the admin port.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxies whose X-Forwarded-For is believed (addresses or CIDRs, comma "
+                                 "separated): the client address per-address limits count.")
     metrics_public: bool = Field(
         False, description="Serve /metrics and /ready's details to anyone (a trusted network only): "
                            "they name upstreams, aliases and versions.")

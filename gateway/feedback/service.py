@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 import anyio
 from sqlalchemy.orm import sessionmaker
 
+from adapters.db import is_outage
 from adapters.errors import InvalidRequest
 from adapters.feedback import Rating, RatingResult, write_ratings
-from gateway.interaction_log import InteractionLog, is_outage
+from gateway.interaction_log import InteractionLog
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics

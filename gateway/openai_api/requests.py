@@ -11,9 +11,11 @@ import math
 import re
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 
 from adapters.errors import InvalidRequest, RequestTooLarge
+from adapters.schema import Interaction
 
 # field -> (accepted types, human name); bool is excluded from int/float on purpose below
 CHECKED_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
@@ -43,6 +45,22 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+OFF_LOOP_BYTES = 64 << 10  # larger bodies are parsed in a worker thread
+_parsers: anyio.CapacityLimiter | None = None
+
+
+async def parse_completion_request_async(raw: bytes, kind: str) -> dict[str, Any]:
+    """`parse_completion_request`, in a worker thread for large bodies: parsing and checking
+    4 MiB takes about a second, which on the event loop would stall every other request (and
+    the health probes). At most two run at once, so they cannot take the thread pool either."""
+    global _parsers
+    if len(raw) <= OFF_LOOP_BYTES:
+        return parse_completion_request(raw, kind)
+    if _parsers is None:
+        _parsers = anyio.CapacityLimiter(2)
+    return await anyio.to_thread.run_sync(parse_completion_request, raw, kind, limiter=_parsers)
+
+
 def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
     """The parsed body of a chat (`kind="chat"`) or text completion request, or InvalidRequest."""
     body = parse_json(raw)
@@ -56,6 +74,7 @@ def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
                 raise InvalidRequest(f"{name}: must be {human}, got {type(value).__name__}",
                                      param=name)
+    _check_lengths(body)
     if kind == "chat":
         _check_messages(body.get("messages"))
     else:
@@ -67,7 +86,7 @@ def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
 
 # A JSON escape that can leave a string unstorable: NUL, or a UTF-16 surrogate (a lone one
 # survives json.loads, then fails to encode as UTF-8 in SQLite and psycopg).
-_SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_SUSPECT = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def parse_json(raw: bytes) -> Any:
@@ -76,30 +95,43 @@ def parse_json(raw: bytes) -> Any:
     NUL characters and lone surrogates. Checked once at the door, so the interaction log
     and the feedback writer only ever see values the database accepts."""
     try:
-        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        # Strict UTF-8 first: json.loads(bytes) would also take UTF-16/32 and let surrogates
+        # encoded in the bytes themselves through (it decodes with "surrogatepass").
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid UTF-8 ({exc.reason} at byte {exc.start}).") from None
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
         raise InvalidRequest(f"Request body is nested too deeply (at most {MAX_DEPTH} levels).") from None
     except ValueError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-    if _SUSPECT.search(raw) or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
-        check_storable(value)  # the exact walk, only when the bytes hint at a problem
+    if _SUSPECT.search(text) or text.count("[") + text.count("{") > MAX_DEPTH:
+        check_storable(value)  # the exact walk, only when the text hints at a problem
     return value
 
 
 MAX_DEPTH = 64  # OpenAI bodies nest a few levels (content parts, JSON schemas a few more)
+MAX_CONTAINERS = 100_000  # objects and arrays in one body: thousands at most in real ones
 
 
 def check_storable(value: Any) -> None:
     """InvalidRequest unless every string in `value` is storable text and it nests at most
     MAX_DEPTH levels. Iterative: a hostile body cannot exhaust the stack."""
     stack: list[tuple[Any, int]] = [(value, 0)]
+    containers = 0
     while stack:
         item, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise InvalidRequest(f"Request body is nested too deeply (at most {MAX_DEPTH} levels).")
         if isinstance(item, str):
             _check_text(item)
-        elif isinstance(item, dict):
+            continue
+        if isinstance(item, (dict, list)):
+            containers += 1
+            if containers > MAX_CONTAINERS:
+                raise InvalidRequest(f"Request body has more than {MAX_CONTAINERS} objects and arrays.")
+        if isinstance(item, dict):
             for key, child in item.items():
                 _check_text(key)
                 stack.append((child, depth + 1))
@@ -126,6 +158,21 @@ def _finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise ValueError(f"number {text[:20]} is out of range")
     return value
+
+
+# What the interaction log stores of them has room for this much (adapters/schema.py).
+MAX_LENGTHS = {"user": Interaction.end_user.type.length, "regenerates": Interaction.regenerates.type.length}
+
+
+def _check_lengths(body: dict[str, Any]) -> None:
+    for name, limit in MAX_LENGTHS.items():
+        check_length(name, body.get(name), limit)
+
+
+def check_length(name: str, value: object, limit: int) -> None:
+    """InvalidRequest when string `value` (a body field or header) is longer than `limit`."""
+    if isinstance(value, str) and len(value) > limit:
+        raise InvalidRequest(f"{name}: at most {limit} characters, got {len(value)}", param=name)
 
 
 def _check_messages(messages: object) -> None:

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from gateway.auth import client_address
 from gateway.deps import Caller, State
 from gateway.interaction_log import Record
-from gateway.openai_api.requests import parse_completion_request, read_body
+from gateway.openai_api.requests import MAX_LENGTHS, check_length, parse_completion_request_async, read_body
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
@@ -28,21 +28,23 @@ async def _complete(kind: str, request: Request) -> Response:
     caller = await state.auth.authenticate(request.headers.get("authorization"), client_address(request))
     state.log.admit()
     raw = await read_body(request, state.settings.max_body_bytes)
-    body = parse_completion_request(raw, kind)
-    end_user = body.get("user") or request.headers.get("x-loraloop-user") or ""
+    body = await parse_completion_request_async(raw, kind)
+    headers = request.headers
+    end_user = body.get("user") or headers.get("x-loraloop-user") or ""
+    regenerates = body.pop("regenerates", None) or headers.get("x-loraloop-regenerates")  # not for vLLM
+    for name, value in (("user", end_user), ("regenerates", regenerates)):  # headers too
+        check_length(name, value, MAX_LENGTHS[name])
     route = await state.router.resolve(body["model"], end_user, caller.tenant)
     # the metrics middleware labels the request with its route
     request.scope.setdefault("state", {})["route_labels"] = (route.alias or "", route.adapter or "", route.arm)
-    headers = request.headers
     record = Record(
-        id="", key_id=caller.key_id, tenant=caller.tenant,
-        end_user=end_user,
+        id="", key_id=caller.key_id, tenant=caller.tenant, end_user=end_user,
         requested_model=body["model"], adapter_version=route.adapter, arm=route.arm, kind=kind,
-        prompt=(body.get("messages") if kind == "chat" else body.get("prompt")) if caller.log_prompts else None,
-        # not an OpenAI field: taken out so vLLM never sees it
-        regenerates=body.pop("regenerates", None) or headers.get("x-loraloop-regenerates"),
-        streamed=bool(body.get("stream")), started=started, keep_text=caller.log_prompts,
-        body_bytes=len(raw) if caller.log_prompts else 0)
+        # the raw bytes, not the parsed body: they cost what they weigh while queued (parsed,
+        # 4 MiB of `{}` was 97 MiB), and the writer thread parses them, off the request path
+        request_body=raw if caller.log_prompts else b"",
+        regenerates=regenerates, streamed=bool(body.get("stream")), started=started,
+        keep_text=caller.log_prompts)
     return await state.forwarder.forward(kind, body, route, record, request)
 
 

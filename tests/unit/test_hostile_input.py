@@ -200,8 +200,8 @@ def test_one_rating_the_database_refuses_does_not_fail_the_others(gw: Gateway) -
 
 def _record(i: int, size: int = 0) -> Record:
     return Record(id=f"chatcmpl-{i}", key_id=None, tenant="t", end_user="u", requested_model="m",
-                  adapter_version=None, arm="base", kind="chat", prompt=None, regenerates=None, streamed=False,
-                  started=time.perf_counter(), status=200, raw=b"{}", body_bytes=size)
+                  adapter_version=None, arm="base", kind="chat", request_body=b" " * size, regenerates=None,
+                  streamed=False, started=time.perf_counter(), status=200, raw=b"{}")
 
 
 def test_the_log_queue_is_bounded_by_bytes(gw: Gateway) -> None:
@@ -290,3 +290,101 @@ def test_metrics_can_be_public_on_a_trusted_network(tmp_path, db_url: str) -> No
     with gw.http:
         assert gw.http.get("/metrics").status_code == 200
         assert "upstreams" in gw.http.get("/ready").json()
+
+
+@pytest.mark.parametrize("raw", [
+    '{"model":"default","messages":[{"role":"user","content":"a\ud800b"}]}'.encode("utf-8", "surrogatepass"),
+    '{"model":"default","messages":[{"role":"user","content":"\\ud800"}]}'.encode("utf-16-le"),
+    b'{"model":"default","messages":[{"role":"user","content":"\xff\xfe"}]}',
+], ids=["surrogate-in-the-bytes", "utf-16", "not-utf-8"])
+def test_bodies_that_are_not_strict_utf8_are_400s(gw: Gateway, raw: bytes) -> None:
+    """json.loads(bytes) guesses UTF-16/32 and decodes UTF-8 with surrogatepass: a surrogate
+    sent as raw bytes used to reach the database."""
+    before = stored_interactions(gw)
+    resp = gw.http.post("/v1/chat/completions", content=raw, headers={
+        "authorization": f"Bearer {gw.app_key}", "content-type": "application/json"})
+    assert resp.status_code == 400 and resp.json()["error"]["type"] == "invalid_request_error", resp.text
+    rated = gw.http.post("/v1/feedback", content='{"id":"x","rating":"up","comment":"\udc00"}'.encode(
+        "utf-8", "surrogatepass"), headers={"authorization": f"Bearer {gw.app_key}",
+                                            "content-type": "application/json"})
+    assert rated.status_code == 400, rated.text
+    assert stored_interactions(gw) == before
+
+
+@pytest.mark.parametrize("where", ["user", "regenerates", "x-loraloop-user", "x-loraloop-regenerates"])
+def test_values_longer_than_their_columns_are_400s(gw: Gateway, where: str) -> None:
+    """PostgreSQL refuses a 300-character end user (VARCHAR(256)): it was a 200 whose
+    interaction was then dropped, so its rating was a 404."""
+    body: dict = {"model": "default", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"authorization": f"Bearer {gw.app_key}"}
+    if where.startswith("x-"):
+        headers[where] = "u" * 300
+    else:
+        body[where] = "u" * 300
+    resp = gw.http.post("/v1/chat/completions", json=body, headers=headers)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == where.removeprefix("x-loraloop-")
+    at_limit = {"model": "default", "user": "u" * 256, "regenerates": "r" * 64,
+                "messages": [{"role": "user", "content": "hi"}]}
+    assert gw.http.post("/v1/chat/completions", json=at_limit, headers={"authorization": headers["authorization"]}) \
+        .status_code == 200
+
+
+def test_one_refused_row_costs_a_few_transactions_not_one_per_row(gw: Gateway) -> None:
+    """A refused batch is written in halves: one poisoned row among 512 costs about
+    2 log2(512) transactions, where row by row it cost 512 (and ~25x the time)."""
+    log = gw.http.app.state.gateway.log
+    calls: list[int] = []
+    original = log._write
+
+    def counting(batch):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        if any(rec.id == "chatcmpl-7" for rec in batch):
+            raise IntegrityError("INSERT", {}, ValueError("refused"))
+        original(batch)
+
+    log._write = counting
+    records = [_record(i) for i in range(512)]
+    assert log._write_each(records) == []
+    assert log.refused == 1 and log.written == 511 and len(calls) <= 2 * 9 + 2
+
+
+def test_refused_requests_keep_no_prompt_and_queue_what_they_weigh(gw: Gateway) -> None:
+    """Only served answers keep their prompt; a queued entry counts its raw bytes (parsed,
+    4 MiB of `{}` was 97 MiB of objects)."""
+    gw.fleet.replicas[gw.fleet.urls[0]].error_next = gw.fleet.replicas[gw.fleet.urls[1]].error_next = 3
+    gw.fleet.replicas[gw.fleet.urls[0]].error_status = gw.fleet.replicas[gw.fleet.urls[1]].error_status = 400
+    resp = post_raw(gw, "/v1/chat/completions", '{"model":"default","messages":[{"role":"user","content":"x"}]}')
+    assert resp.status_code == 400
+    flush_within(gw, 5)
+    engine = make_engine(gw.settings.db_url)
+    with make_sessionmaker(engine)() as session:
+        row = session.scalars(select(Interaction).where(Interaction.status == 400)).one()
+    engine.dispose()
+    assert row.prompt is None and row.response is None
+    assert _record(0, 1000).size == 1000 + 2
+
+
+def test_a_body_of_a_million_containers_is_refused_off_the_event_loop(gw: Gateway) -> None:
+    raw = '{"model":"default","messages":[{"role":"user","content":"hi"}],"metadata":[' + \
+        ",".join(["[]"] * 200_000) + "]}"
+    assert len(raw) > 64 << 10
+    resp = post_raw(gw, "/v1/chat/completions", raw)
+    assert resp.status_code == 400 and "objects and arrays" in resp.json()["error"]["message"]
+
+
+def test_a_pool_timeout_is_a_503_not_a_500() -> None:
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    from gateway.errors import error_response
+
+    resp = error_response(PoolTimeout("QueuePool limit reached"))
+    assert resp.status_code == 503 and b"database_unavailable" in resp.body
+
+
+def test_the_operators_port_serves_metrics_also_without_the_admin_api(tmp_path, db_url: str) -> None:  # type: ignore[no-untyped-def]
+    gw = make_gateway(tmp_path, db_url, admin_port=9001, admin_api=False)
+    with gw.http:
+        assert gw.http.get("http://testserver:9001/metrics").status_code == 200
+        admin = {"authorization": f"Bearer {gw.admin_key}"}
+        assert gw.http.get("/metrics", headers=admin).status_code == 404
+        assert gw.http.get("http://testserver:9001/admin/adapters", headers=admin).status_code == 404
