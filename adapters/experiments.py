@@ -198,12 +198,23 @@ def judge_all(sessions: sessionmaker, policy: Policy, now: datetime | None = Non
         aliases = list(session.scalars(select(Experiment.alias).where(Experiment.status == "running")))
     results = []
     for alias in aliases:
-        with sessions.begin() as session:
-            registry.lock_alias(session, alias)  # first: a concurrent operator action waits or wins
+        # Count first, in a transaction that writes nothing: lock_alias is a write (SQLite's
+        # database write lock, PostgreSQL's alias row), and holding it through both arms' vote
+        # queries would stall the interaction log, rating writers and operators for the count.
+        with sessions() as session:
             experiment = current(session, alias)
             if experiment is None or experiment.status != "running":
                 continue
-            decision, why, evidence = judge(experiment, arm_numbers(session, experiment), policy, now or utcnow())
+            counted, numbers = experiment.id, arm_numbers(session, experiment)
+        with sessions.begin() as session:
+            registry.lock_alias(session, alias)  # a concurrent operator action waits or wins
+            experiment = current(session, alias)
+            if experiment is None or experiment.id != counted or experiment.status != "running":
+                continue  # paused, ended or replaced while counting: the operator's action holds
+            # The numbers are a few ms stale (answers and ratings written since count next round):
+            # for a test that needs tens of ratings per arm and always-valid at any stopping time,
+            # that is the same as having judged a moment earlier.
+            decision, why, evidence = judge(experiment, numbers, policy, now or utcnow())
             experiment.stats = evidence
             if decision == "promote":
                 promote(session, alias, actor="auto", reason=why, numbers=evidence)

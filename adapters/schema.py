@@ -12,6 +12,7 @@ from sqlalchemy import (
     Enum,
     Float,
     ForeignKey,
+    Index,
     Integer,
     SmallInteger,
     String,
@@ -155,6 +156,8 @@ class Interaction(Base):
     """One completion served through the gateway, attributed to who asked and what answered."""
 
     __tablename__ = "interactions"
+    # the experiment judge's rows: one alias's traffic since its experiment started
+    __table_args__ = (Index("ix_interactions_requested_model_created_at", "requested_model", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the completion's id
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
