@@ -143,23 +143,28 @@ def _end(experiment: Experiment, status: str, actor: str, reason: str) -> None:
 
 
 def arm_numbers(session: Session, experiment: Experiment) -> dict[str, ArmNumbers]:
-    """Each arm's traffic and ratings on this alias since the experiment started."""
-    arms = {"champion": experiment.champion, "canary": experiment.canary}
+    """Each arm's traffic and ratings on this alias since the experiment started: two grouped
+    queries for both arms (the vote ranking, the costly part, runs once)."""
     served = (Interaction.requested_model == experiment.alias) & (Interaction.created_at >= experiment.started_at)
-    numbers = {}
+    arm_of = {("champion", experiment.champion), ("canary", experiment.canary)}
     vote = votes(served)  # ranks this experiment's ratings only, not the whole table
-    for arm, version in arms.items():
-        same_version = Interaction.adapter_version.is_(None) if version is None else \
-            Interaction.adapter_version == version
-        mine = served & (Interaction.arm == arm) & same_version
-        requests, errors, latency = session.execute(
-            select(func.count(), func.coalesce(func.sum(case((Interaction.status >= 500, 1), else_=0)), 0),
-                   func.coalesce(func.avg(Interaction.latency_ms), 0.0)).where(mine)).one()
-        ratings, up = session.execute(  # one vote per answer: invented users add nothing
-            select(func.count(), func.coalesce(func.sum(case((vote.c.rating > 0, 1), else_=0)), 0))
-            .select_from(vote).join(Interaction, vote.c.interaction_id == Interaction.id).where(mine)).one()
-        numbers[arm] = ArmNumbers(int(requests), int(errors), float(latency), int(ratings), int(up))
-    return numbers
+    traffic = session.execute(
+        select(Interaction.arm, Interaction.adapter_version, func.count(),
+               func.coalesce(func.sum(case((Interaction.status >= 500, 1), else_=0)), 0),
+               func.coalesce(func.avg(Interaction.latency_ms), 0.0))
+        .where(served).group_by(Interaction.arm, Interaction.adapter_version))
+    rated = session.execute(  # one vote per answer: invented users add nothing
+        select(Interaction.arm, Interaction.adapter_version, func.count(),
+               func.coalesce(func.sum(case((vote.c.rating > 0, 1), else_=0)), 0))
+        .select_from(vote).join(Interaction, vote.c.interaction_id == Interaction.id)
+        .where(served).group_by(Interaction.arm, Interaction.adapter_version))
+    # an arm is its name AND its version: a version served under that arm name before (a
+    # canary that became champion mid-window) is not this experiment's
+    counts = {(arm, version): (int(n), int(errors), float(latency)) for arm, version, n, errors, latency in traffic
+              if (arm, version) in arm_of}
+    votes_of = {(arm, version): (int(n), int(up)) for arm, version, n, up in rated if (arm, version) in arm_of}
+    return {arm: ArmNumbers(*counts.get((arm, version), (0, 0, 0.0)), *votes_of.get((arm, version), (0, 0)))
+            for arm, version in sorted(arm_of, key=lambda a: a[0] != "champion")}
 
 
 def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy,

@@ -110,15 +110,20 @@ def fill(db_url: str, n: int, seed: int = 0, stuffing: float = 0.02) -> int:
     count = 0
     with engine.begin() as conn:
         for interactions, feedback in rows(n, seed, stuffing):
-            if engine.dialect.name == "postgresql":
-                _copy(conn, "interactions", interactions, json_columns={"prompt"})
-                _copy(conn, "feedback", feedback)
-            else:
-                conn.execute(insert(Interaction), interactions)
-                conn.execute(insert(Feedback), feedback)
+            insert_rows(conn, interactions, feedback)
             count += len(feedback)
     engine.dispose()
     return count
+
+
+def insert_rows(conn, interactions: list[dict], feedback: list[dict]) -> None:  # type: ignore[no-untyped-def]
+    """Interaction and feedback rows, fast: COPY on PostgreSQL, executemany on SQLite."""
+    if conn.dialect.name == "postgresql":
+        _copy(conn, "interactions", interactions, json_columns={"prompt"})
+        _copy(conn, "feedback", feedback)
+    else:
+        conn.execute(insert(Interaction), interactions)
+        conn.execute(insert(Feedback), feedback)
 
 
 def _copy(conn, table: str, batch: list[dict], json_columns: frozenset[str] | set[str] = frozenset()) -> None:  # type: ignore[no-untyped-def]

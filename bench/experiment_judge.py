@@ -28,12 +28,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-from data_scale import _copy, fresh_database  # noqa: E402
+from data_scale import fresh_database, insert_rows  # noqa: E402
 from sqlalchemy import event, insert, text  # noqa: E402
 
 from adapters import experiments, registry  # noqa: E402
 from adapters.db import make_engine, make_sessionmaker, upgrade  # noqa: E402
-from adapters.schema import AdapterState, AdapterVersion, Alias, Experiment, Feedback, Interaction  # noqa: E402
+from adapters.schema import AdapterState, AdapterVersion, Alias, Experiment, Interaction  # noqa: E402
 
 POLICY = experiments.Policy(min_ratings=10**9, auto_start=False)  # never decides: every round the same
 INDEX = "ix_interactions_requested_model_created_at"
@@ -76,12 +76,7 @@ def fill(url: str, rated: int, layout: str) -> None:
                     users = [row["end_user"]] + ([f"sock-{s}" for s in range(10)] if rng.random() < 0.02 else [])
                     feedback += [{"interaction_id": row["id"], "end_user": u, "rating": rng.choice((1, -1)),
                                   "comment": None, "created_at": at, "updated_at": at} for u in users]
-            if engine.dialect.name == "postgresql":
-                _copy(conn, "interactions", interactions, json_columns={"prompt"})
-                _copy(conn, "feedback", feedback)
-            else:
-                conn.execute(insert(Interaction), interactions)
-                conn.execute(insert(Feedback), feedback)
+            insert_rows(conn, interactions, feedback)
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))  # what autovacuum does soon after a load
