@@ -124,9 +124,10 @@ def promote(session: Session, alias: str, *, actor: str, reason: str = "", numbe
     return experiment
 
 
-def rollback(session: Session, alias: str, *, actor: str, reason: str = "", numbers: dict | None = None) -> str:
+def rollback(session: Session, alias: str, *, actor: str, reason: str = "",
+             numbers: dict | None = None) -> str | None:
     """Ends the alias's experiment in the champion's favour, or, with none open, puts the
-    previous champion back. Returns the version the alias serves now."""
+    previous champion back. Returns the version the alias serves now (None: the base model)."""
     registry.lock_alias(session, alias)
     experiment = current(session, alias)
     if experiment is None:

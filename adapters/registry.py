@@ -189,7 +189,7 @@ def snapshot(session: Session) -> RoutingSnapshot:
     aliases = {a.name: a.champion for a in alias_rows}
     splits = {e.alias: Split(e.id, e.canary, e.canary_share)
               for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}
-    owners = {row.name: row.tenant for row in [*rows, *alias_rows] if row.tenant is not None}
+    owners = {row.name: row.tenant for row in [*rows, *alias_rows] if row.tenant is not None}  # type: ignore[attr-defined]
     return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits, retired=retired, owners=owners)
 
 

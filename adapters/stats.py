@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -123,7 +124,7 @@ def js_divergence(p: Counter[str], q: Counter[str]) -> float:
     return max(0.0, min(1.0, total / 2))
 
 
-def _words(prompts: list[Any]) -> Counter[str]:
+def _words(prompts: Sequence[Any]) -> Counter[str]:
     words: Counter[str] = Counter()
     for prompt in prompts:
         if isinstance(prompt, list):  # chat messages: what the users wrote

@@ -60,7 +60,7 @@ def run(app: ASGIApp, host: str, port: int, admin_host: str, admin_port: int | N
         return
     admin = uvicorn.Server(uvicorn.Config(app, host=admin_host, port=admin_port, log_level="info",
                                           access_log=access_log, lifespan="off"))
-    admin.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    admin.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
 
     async def both() -> None:
         api_task = asyncio.create_task(api.serve())

@@ -75,7 +75,7 @@ def install(app: FastAPI) -> None:
             schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for model in (Error, *(m for _, _, m in PLAIN_ROUTES)):
-                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")  # type: ignore[attr-defined]
                 components.update(body.pop("$defs", {}))
                 components[model.__name__] = body
             error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}

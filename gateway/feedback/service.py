@@ -65,8 +65,9 @@ class RatingWriter:
                 await asyncio.sleep(self.linger_s)
             while len(batch) < self.batch_size and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            results: list[RatingResult | Exception]
             try:
-                results = await anyio.to_thread.run_sync(self._write, [rating for rating, _ in batch])
+                results = list(await anyio.to_thread.run_sync(self._write, [rating for rating, _ in batch]))
             except Exception as exc:
                 if is_outage(exc):
                     log.warning("writing %d ratings failed: the database is away (%s)", len(batch),
