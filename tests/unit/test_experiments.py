@@ -148,18 +148,18 @@ def test_a_worse_canary_is_rolled_back(gw: Gateway, db) -> None:  # type: ignore
 
 
 def test_one_client_inventing_users_cannot_decide_an_experiment(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
-    """Rating stuffing: a key rates canary answers up and champion answers down under 50
+    """Rating stuffing: a key rates canary answers up and champion answers down under 20
     invented users each. Only one vote per answer counts, the answer's own user's first."""
     start(db, gw)
     served: dict[str, list[str]] = {"champion": [], "canary": []}
-    for i in range(40):
+    for i in range(24):
         response = chat(gw.sdk(), "default", user=f"real-{i}")
         served[response.headers["x-loraloop-arm"]].append(response.parse().id)
     refresh(gw)
     for arm, ids in served.items():
         for answer in ids:  # the real users: the champion is liked, the canary is not
             assert rate(gw, id=answer, rating="up" if arm == "champion" else "down").status_code == 200
-            for fake in range(50):
+            for fake in range(20):
                 assert rate(gw, id=answer, rating="down" if arm == "champion" else "up",
                             user=f"sock-{fake}").status_code == 200
     with db.begin() as session:
