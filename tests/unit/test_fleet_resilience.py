@@ -167,12 +167,9 @@ def test_a_hung_load_gives_up_after_the_load_timeout() -> None:
 
 # 4. A client that hangs up cancels its upstream request.
 
-async def _post_then_hang_up(app, key: str, hang_up_after_s: float) -> tuple[list[dict], float]:  # type: ignore[no-untyped-def]
-    """POSTs a non-streamed chat completion straight to the ASGI app and disconnects after
-    `hang_up_after_s`; returns what the app sent and how long it took to finish."""
-    body = json.dumps({"model": BASE, "messages": [{"role": "user", "content": "hi"}]}).encode()
-    hung_up = asyncio.Event()
-    sent: list[dict] = []
+def _asgi_chat(key: str, body: bytes, hung_up: asyncio.Event):  # type: ignore[no-untyped-def]
+    """(scope, receive) of a chat completion POSTed straight to the ASGI app (TestClient
+    cannot hang up before the answer): the body first, then http.disconnect once `hung_up`."""
     body_sent = False
 
     async def receive() -> dict:
@@ -183,15 +180,26 @@ async def _post_then_hang_up(app, key: str, hang_up_after_s: float) -> tuple[lis
         await hung_up.wait()
         return {"type": "http.disconnect"}
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
              "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
              "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
              "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {key}".encode()),
                          (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
              "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "state": {}}
+    return scope, receive
+
+
+async def _post_then_hang_up(app, key: str, hang_up_after_s: float) -> tuple[list[dict], float]:  # type: ignore[no-untyped-def]
+    """POSTs a non-streamed chat completion straight to the ASGI app and disconnects after
+    `hang_up_after_s`; returns what the app sent and how long it took to finish."""
+    body = json.dumps({"model": BASE, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    hung_up = asyncio.Event()
+    sent: list[dict] = []
+    scope, receive = _asgi_chat(key, body, hung_up)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
     started = time.monotonic()
     call = asyncio.ensure_future(app(scope, receive, send))
     await asyncio.sleep(hang_up_after_s)
@@ -369,16 +377,7 @@ async def _stream_then_cancel(app, key: str, state) -> tuple[list[int], list[int
     body = json.dumps({"model": BASE, "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
     blocked = asyncio.Event()
     bodies = 0
-
-    request_sent = False
-
-    async def receive() -> dict:
-        nonlocal request_sent
-        if not request_sent:
-            request_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.Event().wait()  # the client never hangs up: the request is cancelled
-        return {"type": "http.disconnect"}
+    scope, receive = _asgi_chat(key, body, asyncio.Event())  # never hangs up: the request is cancelled
 
     async def send(message: dict) -> None:
         nonlocal bodies
@@ -388,12 +387,6 @@ async def _stream_then_cancel(app, key: str, state) -> tuple[list[int], list[int
                 blocked.set()
                 await asyncio.Event().wait()  # until cancelled
 
-    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-             "method": "POST", "scheme": "http", "path": "/v1/chat/completions",
-             "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {key}".encode()),
-                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-             "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "state": {}}
     call = asyncio.ensure_future(app(scope, receive, send))
     await asyncio.wait_for(blocked.wait(), 10)
     during = [r.in_flight for r in state.fleet.replicas]
