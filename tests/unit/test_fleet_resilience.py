@@ -13,15 +13,14 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from sqlalchemy import select
 
-from adapters.db import make_engine, make_sessionmaker
 from adapters.errors import AdapterLoadFailed
 from adapters.fleet import Fleet
 from adapters.schema import Interaction
 from gateway.openai_api.proxy import LOG_TAIL_BYTES
 from tests.fake_vllm import BASE, FakeFleet
 from tests.unit.harness import Gateway, chat, make_gateway, new_key
+from tests.unit.test_feedback import rows
 
 
 def healthy(gw: Gateway) -> list[str]:
@@ -34,12 +33,7 @@ def failovers(gw: Gateway, url: str, reason: str) -> float:
 
 
 def interactions(gw: Gateway) -> list[Interaction]:
-    gw.http.portal.call(gw.http.app.state.gateway.log.flush)
-    engine = make_engine(gw.settings.db_url)
-    with make_sessionmaker(engine)() as session:
-        found = list(session.scalars(select(Interaction)))
-    engine.dispose()
-    return found
+    return rows(gw, Interaction)
 
 
 def total_loads(gw: Gateway) -> int:
