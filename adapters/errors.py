@@ -13,6 +13,7 @@
     │   └── Forbidden              a valid key without the scope for this route
     ├── RateLimited                a key over its requests per minute
     ├── LogQueueFull               the interaction log is full and set to refuse new work
+    ├── NotStoredYet               a rated answer was served but is not on disk yet
     └── UpstreamError
         ├── NoHealthyUpstream      every vLLM replica is down or refused
         ├── UpstreamTimeout        a replica took longer than the configured timeout
@@ -78,6 +79,10 @@ class RateLimited(LoraloopError):
 
 
 class LogQueueFull(LoraloopError):
+    pass
+
+
+class NotStoredYet(LoraloopError):
     pass
 
 

@@ -31,6 +31,7 @@ MAPPING: list[tuple[type[Exception], int, str, str | None]] = [
     (e.InvalidTransition, 409, "invalid_request_error", "invalid_transition"),
     (e.NoHealthyUpstream, 503, "service_unavailable", "no_healthy_upstream"),
     (e.LogQueueFull, 503, "service_unavailable", "interaction_log_full"),
+    (e.NotStoredYet, 503, "service_unavailable", "answer_not_stored_yet"),
     (e.UpstreamTimeout, 504, "timeout", "upstream_timeout"),
     (e.AdapterLoadFailed, 502, "api_error", "adapter_load_failed"),
     (e.UpstreamError, 502, "api_error", "bad_upstream"),

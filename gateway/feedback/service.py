@@ -16,7 +16,7 @@ import anyio
 from sqlalchemy.orm import sessionmaker
 
 from adapters.db import is_outage
-from adapters.errors import InvalidRequest
+from adapters.errors import InvalidRequest, NotStoredYet
 from adapters.feedback import Rating, RatingResult, write_ratings
 from gateway.interaction_log import InteractionLog
 
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 class RatingWriter:
     def __init__(self, sessions: sessionmaker, interactions: InteractionLog,
-                 metrics: GatewayMetrics | None = None, batch_size: int = 1000, linger_s: float = 0.002):
+                 metrics: GatewayMetrics | None = None, batch_size: int = 1000, linger_s: float = 0.002,
+                 pending_wait_s: float = 30.0):
         self.sessions = sessions
         self.metrics = metrics
         self.interactions = interactions
@@ -36,15 +37,20 @@ class RatingWriter:
         # Under load, waiting a moment for more ratings makes batches larger and each rating
         # cheaper to commit (bench/README.md); alone, a rating waits at most this long extra.
         self.linger_s = linger_s
+        self.pending_wait_s = pending_wait_s
         self.queue: asyncio.Queue[tuple[Rating, asyncio.Future[RatingResult]]] = asyncio.Queue()
 
     async def submit(self, rating: Rating) -> RatingResult:
         if rating.interaction_id in self.interactions.pending:
             # An answer served a moment ago: wait for that answer's row only, here, not in the
-            # writer (which would hold up every other rating). Bounded: while the database is
-            # away the log cannot write, and the rating then fails fast with a 503.
-            with anyio.move_on_after(max(1.0, 5 * self.interactions.flush_interval_s)):
+            # writer (which would hold up every other rating). The row can take seconds on a
+            # busy SQLite (a writer waits up to its 30 s busy timeout for the lock): this
+            # answer was served, so it is never a 404; past the wait it is a retryable 503.
+            with anyio.move_on_after(self.pending_wait_s):
                 await self.interactions.wait_written(rating.interaction_id)
+            if rating.interaction_id in self.interactions.pending:
+                raise NotStoredYet("This answer is not stored yet (the database is slow or away); "
+                                   "retry the rating shortly.", param="id")
         result = await self._submit_once(rating)
         if not result.stored:
             # With several gateway replicas, the answer may have been served by another one

@@ -200,3 +200,33 @@ def test_rating_an_answer_another_replica_has_not_written_yet(tmp_path: Path, db
                           headers={"authorization": f"Bearer {served_by.app_key}"})
         assert resp.status_code == 200
     assert [(f.interaction_id, f.rating) for f in rows(served_by, Feedback)] == [(answer.id, 1)]
+
+
+def test_a_slow_database_never_turns_a_fresh_answers_rating_into_a_404(gw: Gateway) -> None:
+    """A busy database (SQLite waits up to 30 s for its write lock) can take seconds to take
+    the interaction row. The answer was served: its rating waits for the row and lands; past
+    the wait it is a retryable 503, never "no completion with that id"."""
+    state = gw.http.app.state.gateway
+    write, release = state.log._write, threading.Event()
+
+    def slow_write(batch) -> None:  # type: ignore[no-untyped-def]
+        release.wait(10)
+        write(batch)
+
+    state.log._write = slow_write
+    answer = chat(gw.sdk(), "default", user="ada").parse()
+    timer = threading.Timer(2.0, release.set)  # longer than the one second a rating used to wait
+    timer.start()
+    assert rate(gw, id=answer.id, rating="up").status_code == 200
+    timer.join()
+
+    release.clear()
+    state.ratings.pending_wait_s = 0.3
+    second = chat(gw.sdk(), "default", user="ada").parse()
+    refused = rate(gw, id=second.id, rating="down")
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "answer_not_stored_yet"
+    release.set()
+    assert rate(gw, id=second.id, rating="down").status_code == 200
+    assert sorted((f.interaction_id, f.rating) for f in rows(gw, Feedback)) == \
+        sorted([(answer.id, 1), (second.id, -1)])
