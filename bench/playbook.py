@@ -31,8 +31,8 @@ def main() -> None:
     from tests.integration.test_training import preference_examples
     from trainer.demo_model import ensure_demo_model
     from trainer.reward_model import RewardModel, generate
-    from trainer.train import TrainConfig
     from trainer.train import main as run
+    from trainer.train_config import TrainConfig
 
     home = Path(os.environ.get("LORALOOP_DATA_DIR", Path.home() / ".local/share/loraloop"))
     demo = ensure_demo_model(home)

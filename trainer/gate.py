@@ -24,32 +24,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from adapters import integrity as integrity_checks
-
-
-@dataclass
-class GateConfig:
-    max_lora_rank: int = field(default=16, metadata={"help": "The engine's --max-lora-rank."})
-    allowed_modules: tuple[str, ...] = field(
-        default=integrity_checks.SERVABLE_MODULES,
-        metadata={"help": "LoRA target modules the engine can serve."})
-    beta: float = field(default=0.1, metadata={"help": "Implicit-reward scale for held-out pairs."})
-    min_pair_accuracy: float = field(default=0.5, metadata={"help": "Held-out preference accuracy needed."})
-    max_sampled_kl: float = field(default=2.0, metadata={"help": "Reject above this sampled KL (nats)."})
-    max_implausible_share: float = field(default=0.10, metadata={"help": "Reject at or above this share."})
-    implausible_nll: float = field(default=1.0, metadata={"help": "Base NLL (nats/token) called implausible."})
-    max_repetition: float = field(default=0.5, metadata={"help": "Reject above this repeated-4-gram share."})
-    min_win_rate: float = field(default=0.35, metadata={"help": "Refuse below this win rate vs the champion."})
-    max_perplexity_ratio: float = field(default=1.5, metadata={
-        "help": "Refuse above this perplexity on reference conversations, relative to the base (forgetting)."})
-    min_reward_accuracy: float = field(default=0.6, metadata={
-        "help": "A reward model must rank this share of held-out pairs right."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Sample length."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+from trainer.gate_config import GateConfig
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.train_config import TrainConfig
+
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -65,7 +67,7 @@ def lora_config(r: int, alpha: int, task_type: str = "CAUSAL_LM", **extra: Any):
                            task_type=task_type, **extra)
 
 
-def trainer_args(cfg: Any, out: Any) -> dict[str, Any]:
+def trainer_args(cfg: TrainConfig, out: Any) -> dict[str, Any]:
     """TrainingArguments shared by every method: fp32 and no gradient checkpointing on CPU
     (TRL's defaults refuse to run there), bf16 on CUDA, no checkpoints on disk."""
     import torch

@@ -11,8 +11,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from trainer.train_config import TrainConfig
 
-def build_trainer(cfg: Any, base_model: str, out: Path, pairs: list[dict]):  # type: ignore[no-untyped-def]
+
+def build_trainer(cfg: TrainConfig, base_model: str, out: Path, pairs: list[dict]):  # type: ignore[no-untyped-def]
     """TRL's RewardTrainer: LoRA on the base plus a trained score head (Bradley-Terry loss)."""
     import datasets
     import trl
@@ -33,8 +35,6 @@ def build_trainer(cfg: Any, base_model: str, out: Path, pairs: list[dict]):  # t
 def train_reward_model(base_model: str, pairs: list[dict], out: Path, steps: int = 60, seed: int = 0) -> Path:
     """Trains on `prompt/chosen/rejected` pairs; saves a PEFT adapter (with the score head) to `out`.
     The gate's own reward model, when no approved `--method reward` version exists."""
-    from trainer.train import TrainConfig
-
     cfg = TrainConfig(method="reward", steps=steps, seed=seed)
     trainer = build_trainer(cfg, base_model, out, pairs)
     trainer.train()

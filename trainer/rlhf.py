@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from trainer.train_config import TrainConfig
+
 
 def reward_function(base_model: str, reward_adapter: Path):  # type: ignore[no-untyped-def]
     """A TRL reward function scoring (prompt, completion) with a trainer.reward_model adapter."""
@@ -31,7 +33,7 @@ def reward_function(base_model: str, reward_adapter: Path):  # type: ignore[no-u
     return learned_reward
 
 
-def build_trainer(cfg: Any, base_model: str, out: Path, prompts: list[dict], reward_adapter: Path):  # type: ignore[no-untyped-def]
+def build_trainer(cfg: TrainConfig, base_model: str, out: Path, prompts: list[dict], reward_adapter: Path):  # type: ignore[no-untyped-def]
     import datasets
     import trl
     from transformers import AutoTokenizer

@@ -26,6 +26,7 @@ from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.schema import Feedback, Lease, TrainingRun, utcnow
 from adapters.settings import StoreSettings
 from trainer.runs import LEASE, LEASE_TTL, run_exclusive
+from trainer.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = N
         engine.dispose()
 
 
-def train_config(settings: SchedulerSettings):  # type: ignore[no-untyped-def]
+def train_config(settings: SchedulerSettings) -> TrainConfig:
     """The scheduled run's TrainConfig; raises ValueError (or exits) on settings that cannot work."""
     import shlex
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainer.train_config import TrainConfig
+
 
 def assistant_masked(tokenizer, messages: list[dict]) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
     """{"input_ids", "assistant_masks"}: 1 on tokens an assistant turn adds, 0 elsewhere."""
@@ -41,7 +43,7 @@ def _extend(tokenizer, ids: list[int], mask: list[int], rendered: str, upto: str
     return ids + new, mask + [bit] * len(new), upto
 
 
-def build_trainer(cfg: Any, base_model: str, out: Any, train: list[dict], heldout: list[dict]):  # type: ignore[no-untyped-def]
+def build_trainer(cfg: TrainConfig, base_model: str, out: Any, train: list[dict], heldout: list[dict]):  # type: ignore[no-untyped-def]
     import datasets
     import trl
     from transformers import AutoTokenizer, EarlyStoppingCallback

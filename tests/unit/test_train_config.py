@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from trainer.train import DEFAULT_LEARNING_RATE, METHODS, TrainConfig, main, parse_args
+import trainer.train
+from trainer.train import main, parse_args
+from trainer.train_config import DEFAULT_LEARNING_RATE, METHODS, TrainConfig
 
 torch = pytest.importorskip("torch")
+
+
+def test_the_config_lives_in_a_leaf_and_the_old_import_path_still_works() -> None:
+    assert trainer.train.TrainConfig is TrainConfig and trainer.train.METHODS is METHODS
+    assert trainer.train.DEFAULT_LEARNING_RATE is DEFAULT_LEARNING_RATE and "TrainConfig" in trainer.train.__all__
 
 
 def test_every_method_parses_and_gets_its_own_learning_rate() -> None:
