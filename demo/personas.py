@@ -1,4 +1,5 @@
-"""What simulated users like: personas over the demo corpus's style axes, or any function.
+"""What simulated users like: personas over the demo corpus's style axes, tastes that depend
+on the request (CONDITIONAL), or any function.
 
 A taste is a function `(prompt, response) -> bool`. Users always dislike garbage (an answer
 the demo corpus cannot read back: broken or unfinished, about another task, to the wrong
@@ -23,7 +24,24 @@ AXES: dict[str, Callable[[Style], bool]] = {
     "question": lambda s: s.question, "no-question": lambda s: not s.question,
     "name": lambda s: s.name, "no-name": lambda s: not s.name,
 }
-BUILT_IN = ["formal", "short", "question", "no-name", "formal+short", "casual+no-name"]
+
+# Tastes that depend on the request: one style for some kinds of requests, another for the
+# rest. An adapter must learn when, not only what.
+ERRANDS = {TASKS[i][0] for i in (1, 2, 6, 12, 15, 20, 21, 23)}  # password, order, bill, passport...
+ADVICE = {TASKS[i][0] for i in (4, 8, 11, 13, 14, 17, 19)}  # a book, guitar, sleep, a laptop...
+
+
+def _task(prompt: str) -> str | None:
+    return next((t[0] for t in TASKS if t[0] in prompt), None)
+
+
+CONDITIONAL: dict[str, Callable[[str, Style], bool]] = {
+    # formal for errands (an account, a bill, a passport), casual for everything else
+    "formal-for-errands": lambda prompt, s: s.formal == (_task(prompt) in ERRANDS),
+    # long (with the detail) when asked for advice, short otherwise
+    "long-for-advice": lambda prompt, s: s.long == (_task(prompt) in ADVICE),
+}
+BUILT_IN = ["formal", "short", "question", "no-name", "formal+short", "casual+no-name", *CONDITIONAL]
 
 
 def addressee(prompt: str) -> str | None:
@@ -61,11 +79,19 @@ def persona(spec: str) -> Persona:
         if not callable(taste):
             raise ValueError(f"{spec}: {function} is not a function of {module}")
         return Persona(spec, taste)
+    if spec in CONDITIONAL:
+        rule = CONDITIONAL[spec]
+
+        def conditional(prompt: str, response: str) -> bool:
+            style = readable(prompt, response)
+            return style is not None and rule(prompt, style)
+
+        return Persona(spec, conditional)
     axes = spec.split("+")
     unknown = [a for a in axes if a not in AXES]
     if unknown:
-        raise ValueError(f"unknown persona axis {unknown[0]!r}: use {', '.join(AXES)} (joined with +) "
-                         "or module:function")
+        raise ValueError(f"unknown persona axis {unknown[0]!r}: use {', '.join(AXES)} (joined with +), "
+                         f"{', '.join(CONDITIONAL)} or module:function")
 
     def taste(prompt: str, response: str) -> bool:
         style = readable(prompt, response)

@@ -27,12 +27,25 @@ def rate(liked: int, n: int) -> dict[str, Any]:
 
 
 def live_rates(rated: list[Rated]) -> dict[str, dict]:
-    """Thumbs-up rate of the live traffic, per adapter version that answered."""
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    """Per adapter version that answered (and per persona of a mix within it): the TRUE
+    rate (answers the users liked, of all served) beside the OBSERVED one (thumbs-up of the
+    thumbs given), which sparse, one-sided and noisy rating habits pull apart."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for r in rated:
-        counts[r.version][0] += r.liked
-        counts[r.version][1] += 1
-    return {version: rate(*c) for version, c in counts.items()}
+        for key in ((r.version, ""), (r.version, r.persona)):
+            c = counts[key]
+            c[0] += r.liked
+            c[1] += 1
+            c[2] += r.thumb is True
+            c[3] += r.thumb is not None
+    out: dict[str, dict] = {}
+    for (version, taste), (liked, n, up, thumbs) in sorted(counts.items()):
+        figures = {"true": rate(liked, n), "observed": rate(up, thumbs)}
+        if not taste:
+            out[version] = figures
+        elif len({p for v, p in counts if v == version and p}) > 1:
+            out[version].setdefault("per_persona", {})[taste] = figures
+    return out
 
 
 def write(out: Path, summary: dict, rated: list[Rated], events: list[dict]) -> tuple[Path, Path]:
@@ -68,7 +81,7 @@ def write(out: Path, summary: dict, rated: list[Rated], events: list[dict]) -> t
     ax.axhline(base["rate"], color="black", linestyle=":", linewidth=1, label=f"base, held-out ({base['rate']:.2f})")
     ax.axhline(summary["target"], color="green", linestyle=":", linewidth=1, label=f"target {summary['target']}")
     tastes = [summary["persona"]] + [e["version"] for e in events if e["action"] == "taste_changed"]
-    ax.set(xlabel="minutes", ylabel="thumbs-up rate (live traffic, 30 s windows)", ylim=(0, 1.1),
+    ax.set(xlabel="minutes", ylabel="share of answers users liked (live traffic, 30 s windows)", ylim=(0, 1.1),
            title=f"persona {' then '.join(tastes)}, method {summary['method']}: "
                  f"champion held-out {summary['champion_heldout']['rate']}")
     ax.legend(fontsize=7, loc="lower right")

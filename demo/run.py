@@ -27,8 +27,8 @@ import httpx
 
 from adapters.settings import DEMO_MODEL_NAME
 from demo import report
-from demo.personas import AXES, BUILT_IN, Persona, persona
-from demo.population import Population, heldout_rate
+from demo.personas import AXES, BUILT_IN, persona
+from demo.population import IDEAL, REALISTIC, Habits, Mix, Population, heldout_rates, parse_mix
 
 OPPOSITE = {"formal": "casual", "casual": "formal", "short": "long", "long": "short", "question": "no-question",
             "no-question": "question", "name": "no-name", "no-name": "name"}
@@ -40,6 +40,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--persona", default="formal", help=f"built in: {', '.join(BUILT_IN)}; any of "
                    f"{', '.join(AXES)} joined with +")
     p.add_argument("--judge", help="module:function, (prompt, response) -> bool: a taste the system never saw")
+    p.add_argument("--mix", help="a population of tastes, e.g. formal:0.6,casual:0.4 (each end user keeps one)")
+    p.add_argument("--regime", choices=["ideal", "realistic"], default="ideal",
+                   help="how users rate: ideal (every answer, never wrong) or realistic (5%% of liked and "
+                        "15%% of disliked answers get a thumb, 20%% of thumbs flipped); the three options "
+                        "below override either")
+    p.add_argument("--rate-liked", type=float, help="share of liked answers that get a thumb")
+    p.add_argument("--rate-disliked", type=float, help="share of disliked answers that get a thumb")
+    p.add_argument("--noise", type=float, help="share of thumbs flipped")
     p.add_argument("--scenario", choices=["learn", "taste-change"], default="learn",
                    help="taste-change: the users' taste flips when the first experiment starts (a rollback)")
     p.add_argument("--minutes", type=float, default=15, help="wall-time limit")
@@ -62,9 +70,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def habits(args: argparse.Namespace) -> Habits:
+    preset = REALISTIC if args.regime == "realistic" else IDEAL
+    return Habits(preset.liked if args.rate_liked is None else args.rate_liked,
+                  preset.disliked if args.rate_disliked is None else args.rate_disliked,
+                  preset.noise if args.noise is None else args.noise)
+
+
+def measure(url: str, model: str, mix: Mix, n: int) -> dict:
+    """The held-out rate by the users' true taste, for the whole mix and per persona."""
+    rates = heldout_rates(url, model, mix, n)
+    overall = report.rate(*rates.pop("all"))
+    if len(mix) > 1:
+        overall["per_persona"] = {name: report.rate(*r) for name, r in rates.items()}
+    return overall
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
-    taste = persona(args.judge or args.persona)
+    mix = parse_mix(args.mix) if args.mix else [(persona(args.judge or args.persona), 1.0)]
+    if len(mix) > 1 and args.scenario == "taste-change":
+        raise SystemExit("loraloop demo: --scenario taste-change needs one persona, not a --mix")
+    rating = habits(args)
     home = Path(os.environ.get("LORALOOP_DATA_DIR", Path.home() / ".local/share/loraloop"))
     data = args.data_dir or home / "demo" / time.strftime("%Y%m%d-%H%M%S")
     data.mkdir(parents=True, exist_ok=True)
@@ -88,12 +115,12 @@ def main(argv: list[str] | None = None) -> dict:
         children.append(_spawn(["serve", "--dev"], env, data / "logs" / "gateway.log", nice=10))
         _wait_ready(url, children[0], timeout=900)
         print(f"gateway and vLLM up at {url}; measuring the base on {args.heldout_n} held-out prompts", flush=True)
-        base = report.rate(*heldout_rate(url, DEMO_MODEL_NAME, taste, args.heldout_n))
+        base = measure(url, DEMO_MODEL_NAME, mix, args.heldout_n)
         print(f"base model: {base['rate']:.2f} thumbs-up on held-out prompts {base['ci95']}", flush=True)
         # One compute thread for training: beside vLLM's busy cores, torch's OpenMP threads
         # wait on each other at every barrier (measured: 7 steps/s alone, 0.06 beside vLLM).
         children.append(_spawn(["scheduler"], env | {"OMP_NUM_THREADS": "1"}, data / "logs" / "scheduler.log"))
-        summary = _loop(args, url, taste, base)
+        summary = _loop(args, url, mix, rating, base)
         summary["candidates"] = _candidates(data)
     finally:
         for child in reversed(children):  # scheduler first: a run killed midway is cleaned up next time
@@ -109,9 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dict:
-    users = Population(url, taste, users=args.users, concurrency=args.concurrency, seed=args.seed,
-                       regenerate=args.regenerate)
+def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: dict) -> dict:
+    users = Population(url, mix, users=args.users, concurrency=args.concurrency, seed=args.seed,
+                       regenerate=args.regenerate, habits=rating)
     users.start()
     admin = httpx.Client(base_url=url, timeout=30)
     events: list[dict] = []
@@ -144,7 +171,7 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
                                    "reason": f"users now like {flipped}; the system is not told"})
                     print(f"[{now / 60:5.1f} min] the users' taste changes to {flipped}", flush=True)
                 if action == "promoted":
-                    champion_heldout = report.rate(*heldout_rate(url, e["canary"], users.persona, args.heldout_n))
+                    champion_heldout = measure(url, e["canary"], users.mix, args.heldout_n)
                     generations.append({"version": e["canary"], "heldout": champion_heldout,
                                         "promoted_at": round(now, 1)})
                     print(f"[{now / 60:5.1f} min] generation {len(generations) - 1} ({e['canary']}): "
@@ -163,10 +190,12 @@ def _loop(args: argparse.Namespace, url: str, taste: Persona, base: dict) -> dic
     finally:
         users.stop()
     return {
-        "persona": args.judge or args.persona, "scenario": args.scenario, "method": args.method,
+        "persona": args.mix or args.judge or args.persona, "scenario": args.scenario, "method": args.method,
+        "habits": {"rate_liked": rating.liked, "rate_disliked": rating.disliked, "noise": rating.noise},
         "target": args.target, "minutes": round((time.monotonic() - users.started) / 60, 2),
         "requests": users.requests, "failed_requests": len(users.failures), "failures": users.failures[:20],
-        "ratings": len(users.rated), "base_heldout": base, "champion_heldout": champion_heldout,
+        "answers": len(users.rated), "ratings": sum(r.thumb is not None for r in users.rated),
+        "base_heldout": base, "champion_heldout": champion_heldout,
         "reached_target": reached_at is not None, "interrupted": interrupted,
         "minutes_to_target": round(reached_at / 60, 2) if reached_at is not None else None,
         "generations": generations, "live": report.live_rates(users.rated), "events": events,
@@ -179,15 +208,17 @@ def _progress(now: float, users: Population, experiments: list[dict]) -> None:
     arms = {}
     for arm in ("champion", "canary"):
         mine = [r for r in recent if r.arm == arm]
+        thumbs = [r.thumb for r in mine if r.thumb is not None]
         if mine:
-            arms[arm] = f"{arm} {sum(r.liked for r in mine) / len(mine):.2f} ({len(mine)})"
+            arms[arm] = (f"{arm} {sum(r.liked for r in mine) / len(mine):.2f} of {len(mine)}"
+                         f" (thumbs {sum(thumbs)}/{len(thumbs)})")
     running = [e for e in experiments if e["status"] == "running"]
     phase = "collecting feedback / training"
     if running:
         stats = running[0].get("stats") or {}
         phase = (f"A/B {running[0]['canary']}: log-lambda {stats.get('log_lambda', 0):.1f} of "
                  f"{stats.get('threshold', 0):.1f}")
-    print(f"[{now / 60:5.1f} min] {users.requests} requests, {len(users.failures)} failed | thumbs-up last 60 s: "
+    print(f"[{now / 60:5.1f} min] {users.requests} requests, {len(users.failures)} failed | liked last 60 s: "
           f"{', '.join(arms.values()) or '-'} | {phase}", flush=True)
 
 
