@@ -11,11 +11,21 @@ to the canary. `judge` runs every few seconds (one gateway replica at a time, un
 counts each arm's requests, errors, latency and votes (one per answer, adapters.feedback.votes)
 since the start, and
 
-1. rolls back on a guardrail: the canary's error rate or mean latency clearly worse, or its
-   answers rated much less often than the champion's (users who stop rating are a signal);
+1. rolls back on a guardrail: the canary's error rate or mean latency clearly worse;
 2. otherwise promotes or rolls back when the always-valid sequential test on the thumbs-up
-   rates (adapters/sequential.py) reaches its confidence;
+   share of the rated answers (adapters/sequential.py) reaches its confidence;
 3. otherwise rolls back at `max_hours` (inconclusive: the champion stays).
+
+Why the share of RATED answers, and no guardrail on how often each arm is rated: real users
+rate few answers and complain more than they praise, so a better canary collects FEWER
+ratings (fewer complaints). How often an arm is rated says how much it is disliked, not that
+it is worse; a rule "rated much less often -> roll back" rolled improvements back (and, on a
+few dozen ratings, fired on noise). When each user's chance to rate depends on what they
+think of an answer (and not on the arm), the thumbs-up share among rated answers rises with
+the share of answers liked, whatever those chances are: up / (up + down) = p r+ / (p r+ +
+(1 - p) r-) is increasing in p for any r+, r- > 0. Label noise (a share of flipped thumbs)
+shrinks the difference but keeps its sign. So the test's direction is the users', and an
+arm-wide change in rating habits (users of one arm rating less overall) moves nothing.
 
 An operator's promote, rollback, pause or resume overrides it; every action is audited
 (adapter_events) the same way, `actor` being "auto" or the operator.
@@ -48,7 +58,6 @@ class Policy:
     max_error_rate_increase: float = 0.02  # canary error rate above the champion's by more
     max_latency_ratio: float = 2.0  # canary mean latency over the champion's times this...
     min_latency_increase_ms: float = 100.0  # ...and slower by at least this (2 ms vs 5 ms is no regression)
-    min_coverage_ratio: float = 0.5  # canary's share of answers rated, relative to the champion's
     auto_start: bool = True  # approved versions trained for an alias start an experiment by themselves
     default_share: float = 0.1
     default_max_hours: float = 72.0
@@ -174,7 +183,8 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
     champion, canary = numbers["champion"], numbers["canary"]
     verdict = decide(Arm(champion.up, champion.ratings), Arm(canary.up, canary.ratings),
                      alpha=policy.alpha, tau=policy.tau, min_ratings=policy.min_ratings)
-    evidence = {"arms": {arm: asdict(n) for arm, n in numbers.items()}, "log_lambda": verdict.log_lambda,
+    evidence = {"arms": {arm: asdict(n) | {"coverage": round(n.coverage, 4)} for arm, n in numbers.items()},
+                "log_lambda": verdict.log_lambda,
                 "threshold": verdict.threshold, "difference": verdict.difference}
     if min(champion.requests, canary.requests) >= policy.guardrail_min_requests:
         if canary.error_rate > champion.error_rate + policy.max_error_rate_increase:
@@ -185,9 +195,6 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
                 canary.mean_latency_ms > policy.max_latency_ratio * champion.mean_latency_ms:
             return "rollback", (f"guardrail: canary mean latency {canary.mean_latency_ms:.0f} ms vs "
                                 f"{champion.mean_latency_ms:.0f} ms"), evidence
-        if champion.coverage and canary.coverage < policy.min_coverage_ratio * champion.coverage:
-            return "rollback", (f"guardrail: canary answers rated {canary.coverage:.1%} of the time vs "
-                                f"{champion.coverage:.1%}"), evidence
     if verdict.decision != "continue":
         better = "better" if verdict.difference > 0 else "worse"
         return verdict.decision, (f"sequential test: canary thumbs-up {canary.up}/{canary.ratings} vs "

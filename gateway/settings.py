@@ -41,7 +41,6 @@ class ExperimentSettings(BaseModel):
     max_error_rate_increase: float = Field(0.02, description="Rollback: canary error rate over the champion's + this.")
     max_latency_ratio: float = Field(2.0, description="Rollback: canary mean latency over the champion's times this.")
     min_latency_increase_ms: float = Field(100.0, description="...and at least this many ms slower.")
-    min_coverage_ratio: float = Field(0.5, description="Rollback: canary rated less often than this x the champion.")
 
     def policy(self):  # type: ignore[no-untyped-def]
         from adapters.experiments import Policy
@@ -50,7 +49,7 @@ class ExperimentSettings(BaseModel):
                       default_share=self.default_share, default_max_hours=self.default_max_hours,
                       guardrail_min_requests=self.guardrail_min_requests,
                       max_error_rate_increase=self.max_error_rate_increase,
-                      max_latency_ratio=self.max_latency_ratio, min_coverage_ratio=self.min_coverage_ratio,
+                      max_latency_ratio=self.max_latency_ratio,
                       min_latency_increase_ms=self.min_latency_increase_ms)
 
 

@@ -430,3 +430,36 @@ def test_the_migrations_build_what_schema_py_declares(db_url: str) -> None:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def one_sided(requests: int, liked: float, rate_liked: float = 0.03, rate_disliked: float = 0.2,
+              noise: float = 0.2) -> experiments.ArmNumbers:
+    """An arm's expected numbers when users rate mostly what they dislike, 20% of thumbs flipped."""
+    up = requests * (liked * rate_liked * (1 - noise) + (1 - liked) * rate_disliked * noise)
+    down = requests * ((1 - liked) * rate_disliked * (1 - noise) + liked * rate_liked * noise)
+    return experiments.ArmNumbers(requests, 0, 100.0, round(up + down), round(up))
+
+
+def test_a_better_canary_that_users_rate_less_often_is_promoted_not_rolled_back(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    """Users who rate mostly what they dislike rate a better canary LESS often (here 4.7% of
+    its answers vs 11.5% of the champion's). That is the improvement showing, not a reason
+    to roll it back: the rating-coverage guardrail that did so is gone, and the test on the
+    rated answers' thumbs-up share promotes it."""
+    start(db, gw)
+    with db() as session:
+        experiment = session.scalars(select(Experiment)).one()
+    better = {"champion": one_sided(2000, 0.5), "canary": one_sided(2000, 0.9)}
+    assert better["canary"].coverage < 0.5 * better["champion"].coverage
+    decision, why, evidence = experiments.judge(experiment, better, POLICY, utcnow())
+    assert decision == "promote", why
+    assert evidence["arms"]["canary"]["coverage"] < evidence["arms"]["champion"]["coverage"]
+    # a worse canary collects MORE ratings, is never promoted, and the same test rolls it back
+    # (later: noise squeezes the shares together; the gate's pre-screen is what keeps most
+    # worse candidates from users at all)
+    for served, expected in ((2000, "continue"), (20_000, "rollback")):
+        worse = {"champion": one_sided(served, 0.5), "canary": one_sided(served, 0.2)}
+        assert experiments.judge(experiment, worse, POLICY, utcnow())[0] == expected
+    # users of one arm rating half as often, with the same taste, decide nothing
+    champion = one_sided(2000, 0.6)
+    shy = experiments.ArmNumbers(2000, 0, 100.0, champion.ratings // 2, champion.up // 2)
+    assert experiments.judge(experiment, {"champion": champion, "canary": shy}, POLICY, utcnow())[0] == "continue"
