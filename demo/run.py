@@ -58,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=6, help="users talking at once")
     p.add_argument("--regenerate", type=float, default=0.0,
                    help="chance a user asks again after a disliked answer (regeneration pairs for DPO)")
-    p.add_argument("--method", default="sft", help="training method of the scheduled runs (loraloop train)")
+    p.add_argument("--method", default="auto", help="training method of the scheduled runs (loraloop train); "
+                   "auto: chosen from the data at each run")
     p.add_argument("--steps", type=int, default=120, help="steps per training run")
     p.add_argument("--train-every", type=int, default=200, help="new ratings that trigger a training run")
     p.add_argument("--min-ratings", type=int, default=40, help="ratings per arm before the A/B test decides")

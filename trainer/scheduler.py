@@ -5,8 +5,9 @@ new candidate when enough new feedback has arrived.
     python -m trainer.scheduler --once     # one check-and-maybe-train, then exit
 
 Settings (environment): LORALOOP_TRAIN_INTERVAL_MINUTES (default 60) or LORALOOP_TRAIN_CRON
-("0 3 * * *"), LORALOOP_TRAIN_MIN_NEW_RATINGS (default 50), LORALOOP_TRAIN_METHOD (dpo; any
-method of `loraloop train`), LORALOOP_TRAIN_ARGS (more `loraloop train` options, e.g. "--qlora").
+("0 3 * * *"), LORALOOP_TRAIN_MIN_NEW_RATINGS (default 50), LORALOOP_TRAIN_METHOD (auto:
+chosen from the data at each run, trainer/method_choice.py; or any method of `loraloop
+train`), LORALOOP_TRAIN_ARGS (more `loraloop train` options, e.g. "--qlora").
 The job lives in the database's `apscheduler_jobs` table, so its schedule survives restarts;
 a lease in the database makes sure only one run happens at a time across every replica.
 """
@@ -38,7 +39,8 @@ class SchedulerSettings(StoreSettings):
     train_interval_minutes: float = Field(60, description="Minutes between checks for new data.")
     train_cron: str = Field("", description="Crontab instead of an interval, e.g. '0 3 * * *'.")
     train_min_new_ratings: int = Field(50, description="New ratings needed since the last run.")
-    train_method: str = Field("dpo", description="Any `loraloop train --method`: dpo, kto, sft, reward, grpo.")
+    train_method: str = Field("auto", description=(
+        "Any `loraloop train --method`: auto (chosen from the data), dpo, kto, sft, best-of-n, reward, grpo."))
     train_steps: int = Field(100, description="Optimizer steps per run.")
     train_args: str = Field("", description="More `loraloop train` options for every run, e.g. '--qlora --lora-r 8'.")
     train_lease_minutes: float = Field(LEASE_TTL.total_seconds() / 60, description=(

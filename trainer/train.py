@@ -31,13 +31,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from trainer.gate_config import GateConfig
+from trainer.method_choice import choose, with_kto_weights
 from trainer.models import TARGET_MODULES, check_qlora
-from trainer.train_config import DEFAULT_LEARNING_RATE, METHODS, TrainConfig
+from trainer.train_config import AUTO, DEFAULT_LEARNING_RATE, METHODS, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  #
 
 def _build_trainer(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  # type: ignore[no-untyped-def]
                    heldout: list[dict], reward_adapter: Path | None):
-    if cfg.method == "sft":
+    if cfg.method in ("sft", "best-of-n"):  # best-of-n: SFT on the answers its judge picked
         from trainer import sft
 
         return sft.build_trainer(cfg, base_model, out, examples, heldout)
@@ -199,7 +200,9 @@ def _build_trainer(cfg: TrainConfig, examples: list[dict], base_model: str, out:
                                   peft_config=lora_config(cfg.lora_r, cfg.lora_alpha))
     if cfg.method == "dpo":
         return trl.DPOTrainer(args=trl.DPOConfig(**args), **common)
-    return trl.KTOTrainer(args=trl.KTOConfig(**args), **common)
+    cfg = with_kto_weights(cfg, examples)
+    return trl.KTOTrainer(args=trl.KTOConfig(**args, desirable_weight=cfg.desirable_weight,
+                                             undesirable_weight=cfg.undesirable_weight), **common)
 
 
 def _sha256_lines(examples: list[dict]) -> str:
@@ -273,6 +276,44 @@ def judge(cfg: TrainConfig, base_model: str, adapter: Path, data: dict[str, list
                     reward_model=reward, champion=current_champion(db_url, cfg.alias), reference=reference)
 
 
+def resolve_method(cfg: TrainConfig, db_url: str) -> tuple[TrainConfig, dict | None]:
+    """`cfg` with `--method auto` replaced by the method the data supports
+    (trainer/method_choice.py), and the record of that choice (None when not auto)."""
+    if cfg.method != AUTO:
+        return cfg, None
+    counts: dict[str, int] = {}
+    if cfg.data:
+        first = json.loads(next(line for line in Path(cfg.data).read_text().splitlines() if line.strip()))
+        method = "dpo" if "chosen" in first else "best-of-n" if "label" in first else "sft"
+        why = f"--data holds {'pairs' if method == 'dpo' else 'thumbs' if 'label' in first else 'conversations'}"
+    else:
+        from trainer.data import DataConfig, for_alias, report
+
+        with _session(db_url) as session:
+            figures = report(session, for_alias(session, cfg.alias, DataConfig(
+                heldout_fraction=cfg.heldout_fraction, cross_tenant=cfg.cross_tenant)))
+        counts = {"pairs": figures["dpo_pairs"]["train"], "liked": figures["liked"], "disliked": figures["disliked"]}
+        method, why = choose(counts["pairs"], counts["liked"], counts["disliked"], cfg.min_pairs)
+    log.info("--method auto: %s (%s)", method, why)
+    return replace(cfg, method=method), {"requested": AUTO, "chose": method, "why": why, **counts}
+
+
+def best_of_n_examples(cfg: TrainConfig, base_model: str, data: dict[str, list[dict]], scratch: Path,
+                       db_url: str) -> tuple[list[dict], Path | None, dict]:
+    """(SFT examples, the gated judge, figures) for best-of-n (trainer/best_of_n.py); no
+    examples when the judge failed its gate."""
+    from trainer import best_of_n
+
+    judge_dir, figures = best_of_n.train_judge(cfg, base_model, data["train"], data["heldout"],
+                                               scratch / "reward-model")
+    if judge_dir is None:
+        return [], None, figures
+    prompts = best_of_n.distinct_prompts(data["train"], cfg.sample_prompts, cfg.seed)
+    examples, sampled = best_of_n.best_answers(cfg, base_model, current_champion(db_url, cfg.alias), judge_dir,
+                                               prompts)
+    return examples, judge_dir, figures | sampled
+
+
 def main(cfg: TrainConfig) -> TrainResult:
     """Data -> training -> gate -> a registered version, `approved` or `rejected` with its report."""
     from adapters import registry
@@ -285,9 +326,12 @@ def main(cfg: TrainConfig) -> TrainResult:
         check_qlora()  # before any data is read or model loaded
     settings = StoreSettings()
     base_model = cfg.base_model or str(ensure_demo_model(settings.data_dir))
+    cfg, choice = resolve_method(cfg, settings.db_url)
     data = load_examples(cfg, settings.db_url)
     if not data["train"]:
         raise SystemExit(f"no {cfg.method} training data: collect feedback first (loraloop data report)")
+    if cfg.method == "kto":
+        cfg = with_kto_weights(cfg, data["train"])  # recorded in the provenance's config
     reward = reward_model_for(cfg, settings.db_url, base_model) if cfg.kind == "policy" else None
     if cfg.method == "grpo" and reward is None:
         raise SystemExit("grpo needs an approved reward model on this base: train one first "
@@ -301,10 +345,25 @@ def main(cfg: TrainConfig) -> TrainResult:
     folder = contextlib.nullcontext(str(run.scratch)) if run is not None else \
         tempfile.TemporaryDirectory(dir=scratch_root, prefix=f"{cfg.method}-")
     with folder as scratch:
-        seconds, history, _ = train(cfg, data["train"], base_model, Path(scratch), prompts, data["heldout"],
+        examples, heldout, extra = data["train"], data["heldout"], {}
+        if cfg.method == "best-of-n":
+            examples, judge_dir, extra["best_of_n"] = best_of_n_examples(cfg, base_model, data, Path(scratch),
+                                                                          settings.db_url)
+            heldout, reward = [], judge_dir  # the judge also gives the gate its win rate
+            if judge_dir is None and choice is None:
+                raise SystemExit(f"best-of-n: the reward model failed its gate ({extra['best_of_n']}): "
+                                 "more ratings of both kinds are needed")
+            if judge_dir is None and choice is not None:  # auto: too few or too noisy thumbs to judge by
+                cfg = with_kto_weights(replace(cfg, method="kto", learning_rate=0.0), data["train"])
+                examples, heldout = data["train"], data["heldout"]
+                choice |= {"chose": "kto", "why": choice["why"] + "; its judge failed its gate, so KTO"}
+        seconds, history, _ = train(cfg, examples, base_model, Path(scratch), prompts, heldout,
                                     reward if cfg.method == "grpo" else None)
         report = judge(cfg, base_model, Path(scratch), data, prompts, reward, settings.db_url)
         provenance = json.loads((Path(scratch) / "loraloop-train.json").read_text())
+        if choice is not None or extra:
+            provenance |= extra | ({"method_choice": choice} if choice else {})
+            (Path(scratch) / "loraloop-train.json").write_text(json.dumps(provenance, indent=2, default=str))
         (Path(scratch) / "loraloop-eval.json").write_text(report.to_json())
         if not cfg.register:
             kept = scratch_root / Path(scratch).name.replace("-", "-done-", 1)

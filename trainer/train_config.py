@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DEFAULT_LEARNING_RATE", "METHODS", "TrainConfig"]
+__all__ = ["AUTO", "DEFAULT_LEARNING_RATE", "METHODS", "TrainConfig"]
 
 # the feedback-store format each method trains on
-METHODS = {"dpo": "dpo", "kto": "kto", "sft": "sft", "reward": "dpo", "grpo": "kto"}
-# learning rates that trained well on the demo model (shared/FACTS.md, tests); 0 picks these
-DEFAULT_LEARNING_RATE = {"dpo": 2e-4, "kto": 2e-4, "sft": 5e-4, "reward": 1e-3, "grpo": 3e-4}
+METHODS = {"dpo": "dpo", "kto": "kto", "sft": "sft", "reward": "dpo", "grpo": "kto", "best-of-n": "kto"}
+# learning rates that trained well on the demo model (tests, bench/README.md); 0 picks these.
+# best-of-n ends in SFT on the answers its reward model picked: SFT's rate.
+DEFAULT_LEARNING_RATE = {"dpo": 2e-4, "kto": 2e-4, "sft": 5e-4, "reward": 1e-3, "grpo": 3e-4, "best-of-n": 5e-4}
+AUTO = "auto"  # the method chosen from the data at the start of the run (trainer/method_choice.py)
 
 
 @dataclass
 class TrainConfig:
-    method: str = field(default="dpo", metadata={"help": "dpo, kto, sft, reward or grpo (see above)."})
+    method: str = field(default="dpo", metadata={
+        "help": "dpo, kto, sft, reward, grpo, best-of-n, or auto: chosen from the data (see above)."})
     base_model: str = field(default="", metadata={"help": "HF id or path; empty: the demo model."})
     data: str = field(default="", metadata={"help": "JSONL in TRL format; empty: the feedback store."})
     steps: int = field(default=100, metadata={"help": "Optimizer steps (at most: SFT may stop early)."})
@@ -41,7 +44,15 @@ class TrainConfig:
     patience: int = field(default=3, metadata={"help": "SFT: stop after this many evaluations without improvement."})
     reward_model: str = field(default="", metadata={
         "help": "GRPO's reward and the gate's judge: a reward version name or folder; empty: the newest approved."})
-    generations: int = field(default=4, metadata={"help": "GRPO: answers sampled per prompt (the group)."})
+    generations: int = field(default=4, metadata={
+        "help": "GRPO and best-of-n: answers sampled per prompt (GRPO's group; best-of-n keeps the best)."})
+    sample_prompts: int = field(default=160, metadata={"help": "best-of-n: most training prompts sampled."})
+    desirable_weight: float = field(default=0.0, metadata={
+        "help": "KTO: weight of liked answers; 0: set from the label balance (with undesirable_weight)."})
+    undesirable_weight: float = field(default=0.0, metadata={
+        "help": "KTO: weight of disliked answers; 0: set from the label balance."})
+    min_pairs: int = field(default=64, metadata={
+        "help": "auto: DPO when the data has this many training pairs (same prompt or regeneration)."})
     max_new_tokens: int = field(default=48, metadata={"help": "GRPO: longest sampled answer in tokens."})
     reward_model_steps: int = field(default=60, metadata={
         "help": "DPO without an approved reward model: steps of a gate-only one (0: no win-rate check)."})
@@ -56,15 +67,15 @@ class TrainConfig:
         if self.method == "ppo":
             raise ValueError("TRL 1.16 has no PPOTrainer any more; use --method grpo (PPO's clipped objective "
                              "and KL penalty, with group-relative advantages instead of a value model)")
-        if self.method not in METHODS:
+        if self.method not in METHODS and self.method != AUTO:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.steps < 1 or self.batch_size < 1 or self.lora_r < 1:
             raise ValueError("steps, batch_size and lora_r must be positive")
-        if self.method == "kto" and self.batch_size < 2:
+        if self.method in ("kto", AUTO) and self.batch_size < 2:
             raise ValueError("KTO needs batch_size >= 2 (it estimates its KL term across the batch)")
         if self.method == "grpo" and (self.generations < 2 or self.batch_size % self.generations):
             raise ValueError("GRPO needs generations >= 2 and a batch_size that is a multiple of it")
-        if not self.learning_rate:
+        if not self.learning_rate and self.method != AUTO:  # auto: the chosen method's, once chosen
             self.learning_rate = DEFAULT_LEARNING_RATE[self.method]
 
     @property

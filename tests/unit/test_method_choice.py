@@ -1,0 +1,73 @@
+"""`--method auto` and the pieces of best-of-n that need no model: which method the data
+supports, KTO's weights from the label balance, the judge's pairs and its AUC."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from trainer.best_of_n import auc, distinct_prompts, label_pairs
+from trainer.method_choice import choose, kto_weights, with_kto_weights
+from trainer.train import parse_args
+from trainer.train_config import TrainConfig
+
+
+def test_auto_picks_dpo_for_pairs_best_of_n_for_unpaired_thumbs_and_sft_for_praise_only() -> None:
+    assert choose(pairs=80, liked=10, disliked=300, min_pairs=64)[0] == "dpo"
+    # realistic feedback: few pairs, complaints outnumber praise
+    method, why = choose(pairs=3, liked=35, disliked=110, min_pairs=64)
+    assert method == "best-of-n" and "35 liked and 110 disliked" in why
+    assert choose(pairs=0, liked=3, disliked=1, min_pairs=64)[0] == "sft"
+    assert choose(pairs=0, liked=0, disliked=40, min_pairs=64)[0] == "kto"
+
+
+def test_kto_weights_balance_the_labels_one_to_one_as_trl_advises() -> None:
+    desirable, undesirable = kto_weights(liked=35, disliked=110)
+    assert undesirable == 1.0 and math.isclose(desirable * 35, undesirable * 110, rel_tol=1e-3)
+    assert kto_weights(liked=200, disliked=50) == (1.0, 4.0)
+    assert kto_weights(liked=0, disliked=9) == (1.0, 1.0)
+    examples = [{"label": True}] * 10 + [{"label": False}] * 30
+    assert (with_kto_weights(TrainConfig(method="kto"), examples).desirable_weight,
+            with_kto_weights(TrainConfig(method="kto"), examples).undesirable_weight) == (3.0, 1.0)
+    by_hand = TrainConfig(method="kto", desirable_weight=1.5, undesirable_weight=1.0)
+    assert with_kto_weights(by_hand, examples) == by_hand  # an operator's weights are kept
+
+
+def test_auto_is_a_method_of_the_cli_and_takes_its_learning_rate_once_chosen() -> None:
+    cfg = parse_args(["--method", "auto"])
+    assert cfg.method == "auto" and cfg.learning_rate == 0.0
+    with pytest.raises(ValueError):
+        TrainConfig(method="best-of-m")
+    assert TrainConfig(method="best-of-n").learning_rate == TrainConfig(method="sft").learning_rate
+
+
+def example(prompt: str, answer: str, label: bool) -> dict:
+    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": answer}],
+            "label": label}
+
+
+def test_the_judge_learns_from_every_thumb_paired_liked_over_disliked() -> None:
+    thumbs = [example(f"q{i}", f"good {i}", True) for i in range(3)] + \
+             [example(f"q{i}", f"bad {i}", False) for i in range(9)]
+    pairs = label_pairs(thumbs, per_example=2)
+    assert len(pairs) == 18
+    assert all(p["chosen"][-1]["content"].startswith("good") and p["rejected"][-1]["content"].startswith("bad")
+               for p in pairs)
+    assert {p["rejected"][-1]["content"] for p in pairs} == {f"bad {i}" for i in range(9)}  # none unused
+    assert label_pairs(thumbs[:3]) == []  # one label only: nothing to rank
+
+
+def test_auc_counts_pairs_ranked_right_with_ties_half() -> None:
+    assert auc([(0.9, True), (0.1, False)]) == 1.0
+    assert auc([(0.1, True), (0.9, False)]) == 0.0
+    assert auc([(0.5, True), (0.5, False), (0.7, True), (0.2, False)]) == 0.875
+    assert math.isnan(auc([(0.5, True)]))
+
+
+def test_best_of_n_samples_each_distinct_chat_prompt_once() -> None:
+    thumbs = [example("same", "a", True), example("same", "b", False), example("other", "c", False),
+              {"prompt": "plain text", "completion": "d", "label": True}]
+    prompts = distinct_prompts(thumbs, limit=10)
+    assert sorted(p[0]["content"] for p in prompts) == ["other", "same"]
+    assert len(distinct_prompts(thumbs, limit=1)) == 1

@@ -1,0 +1,132 @@
+"""Best-of-n (rejection sampling) from sparse, unpaired, noisy thumbs.
+
+Real users rate a few answers, complain more than they praise, and disagree: their thumbs
+make few same-prompt pairs, and SFT on the thumbs-up learns every wrong thumb with the
+right ones. Here the thumbs train a judge instead, and the judge picks what to learn:
+
+1. a reward model (trainer/reward_model.py: LoRA + score head, TRL's RewardTrainer) on
+   pairs of a liked and a disliked answer, any prompts each (Bradley-Terry on labels: it
+   learns to score a liked answer above a disliked one, which is what the thumbs say);
+2. its gate: AUC on the held-out split's thumbs (prompts it never saw) must reach the
+   gate's `min_reward_accuracy`, or the run makes no candidate;
+3. the champion (the alias's current adapter, or the base) samples `generations` answers
+   for each training prompt; the reward model keeps the best one of each;
+4. SFT on those, from the base: each generation learns from the champion's best answers,
+   so generations compound, and the data is always the policy's own, plausible text
+   (SFT on own samples kept the demo model healthy where DPO and KTO collapsed).
+
+The gate then judges the candidate as any other, with this reward model's win rate
+against the champion among its checks.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from trainer.train_config import TrainConfig
+
+
+def label_pairs(labelled: list[dict], seed: int = 0, per_example: int = 2) -> list[dict]:
+    """Implicit-prompt preference pairs (`chosen`/`rejected` as whole conversations) from
+    `prompt/completion/label` examples: every example of the rarer label paired with
+    `per_example` random ones of the other, so neither label's examples go unused."""
+    liked = [e for e in labelled if e["label"]]
+    disliked = [e for e in labelled if not e["label"]]
+    if not liked or not disliked:
+        return []
+    rng = random.Random(seed)
+    n = max(len(liked), len(disliked)) * per_example
+    return [{"chosen": _conversation(liked[i % len(liked)]), "rejected": _conversation(rng.choice(disliked))}
+            if len(liked) >= len(disliked) else
+            {"chosen": _conversation(rng.choice(liked)), "rejected": _conversation(disliked[i % len(disliked)])}
+            for i in range(n)]
+
+
+def _conversation(example: dict) -> list[dict]:
+    return [*example["prompt"], *example["completion"]]
+
+
+def auc(scores: list[tuple[float, bool]]) -> float:
+    """Share of (liked, disliked) pairs the scores rank right, ties half: the area under the
+    ROC curve. With noisy labels its ceiling is below 1; chance is 0.5."""
+    liked = sorted(s for s, label in scores if label)
+    disliked = [s for s, label in scores if not label]
+    if not liked or not disliked:
+        return float("nan")
+    import bisect
+
+    right = sum(len(liked) - bisect.bisect_right(liked, d) + 0.5 * (bisect.bisect_right(liked, d) -
+                                                                    bisect.bisect_left(liked, d))
+                for d in disliked)
+    return right / (len(liked) * len(disliked))
+
+
+def train_judge(cfg: TrainConfig, base_model: str, train: list[dict], heldout: list[dict],
+                out: Path) -> tuple[Path | None, dict[str, float]]:
+    """Trains and gates the reward model: (its folder, or None when it failed its gate; metrics)."""
+    from trainer.gate_config import GateConfig
+    from trainer.reward_model import RewardModel, build_trainer
+
+    pairs = label_pairs(train, cfg.seed)
+    if not pairs:
+        return None, {"judge_pairs": 0.0}
+    trainer = build_trainer(TrainConfig(method="reward", steps=cfg.reward_model_steps or 60, seed=cfg.seed,
+                                        lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, qlora=cfg.qlora),
+                            base_model, out, pairs)
+    trainer.train()
+    model: Any = trainer.model
+    model.save_pretrained(out)
+    judge = RewardModel(base_model, out)
+    scored = [(judge.score(e["prompt"], e["completion"][0]["content"]), bool(e["label"])) for e in heldout]
+    metrics = {"judge_pairs": float(len(pairs)), "judge_heldout": float(len(heldout)), "judge_auc": auc(scored)}
+    passed = metrics["judge_auc"] >= GateConfig().min_reward_accuracy  # NaN (one label only) fails
+    return (out if passed else None), metrics
+
+
+def best_answers(cfg: TrainConfig, base_model: str, champion: Path | None, judge_dir: Path,
+                 prompts: list[Any]) -> tuple[list[dict], dict[str, float]]:
+    """The champion's best of `cfg.generations` sampled answers to each prompt, by the
+    judge, as SFT conversations; and the mean judge score of the kept vs all samples."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.reward_model import RewardModel
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    policy: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    if champion is not None:
+        policy = PeftModel.from_pretrained(policy, champion)
+    policy.eval()
+    judge = RewardModel(base_model, judge_dir)
+    torch.manual_seed(cfg.seed)
+    kept, all_scores, best_scores = [], [], []
+    for prompt in prompts:
+        ids: Any = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+        with torch.no_grad():
+            out = policy.generate(**ids, do_sample=True, temperature=1.0, max_new_tokens=cfg.max_new_tokens,
+                                  num_return_sequences=cfg.generations, pad_token_id=tokenizer.pad_token_id)
+        answers = tokenizer.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        scores = [judge.score(prompt, a) for a in answers]
+        best = max(range(len(answers)), key=scores.__getitem__)
+        all_scores += scores
+        best_scores.append(scores[best])
+        kept.append({"messages": [*prompt, {"role": "assistant", "content": answers[best].strip()}]})
+    return kept, {"sampled": float(len(all_scores)), "mean_score_all": sum(all_scores) / max(len(all_scores), 1),
+                  "mean_score_kept": sum(best_scores) / max(len(best_scores), 1)}
+
+
+def distinct_prompts(labelled: list[dict], limit: int, seed: int = 0) -> list[Any]:
+    """Up to `limit` distinct chat prompts of the examples, a seeded sample when there are more."""
+    import json
+
+    seen: dict[str, Any] = {}
+    for e in labelled:
+        if isinstance(e["prompt"], list):
+            seen.setdefault(json.dumps(e["prompt"], sort_keys=True), e["prompt"])
+    prompts = list(seen.values())
+    random.Random(seed).shuffle(prompts)
+    return prompts[:limit]

@@ -1,0 +1,53 @@
+"""`--method auto`: the method the data supports, chosen at the start of each run.
+
+    enough preference pairs (same prompt, or a regeneration)  -> dpo
+    thumbs of both kinds, unpaired                           -> best-of-n (kto if its judge fails)
+    thumbs-up only                                           -> sft
+
+Real feedback is mostly the second case: users seldom send the same prompt twice, rate a
+few answers, and thumb down more than up. Measured on the demo (bench/README.md, "methods
+under realistic feedback"), best-of-n learned most from such thumbs; KTO stays selectable.
+
+KTO's weights follow TRL's advice for imbalanced labels: desirable_weight x liked and
+undesirable_weight x disliked in a ratio between 1:1 and 4:3; here 1:1, the rarer label
+weighted up, neither weight below 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from trainer.train_config import TrainConfig
+
+MIN_EACH_LABEL = 8  # thumbs of each kind (training split) before a judge can learn anything
+
+
+def choose(pairs: int, liked: int, disliked: int, min_pairs: int) -> tuple[str, str]:
+    """(method, why) for data with `pairs` training pairs and `liked`/`disliked` thumbs."""
+    if pairs >= min_pairs:
+        return "dpo", f"{pairs} preference pairs (>= {min_pairs}): DPO learns from them directly"
+    if liked >= MIN_EACH_LABEL and disliked >= MIN_EACH_LABEL:
+        return "best-of-n", (f"{pairs} pairs (< {min_pairs}) but {liked} liked and {disliked} disliked answers: "
+                             "a reward model on the thumbs picks the champion's best samples")
+    if liked:
+        return "sft", f"only {liked} liked and {disliked} disliked answers: SFT on the liked ones"
+    return "kto", f"no liked answers, {disliked} disliked: KTO learns what to avoid"
+
+
+def kto_weights(liked: int, disliked: int) -> tuple[float, float]:
+    """(desirable_weight, undesirable_weight) that balance the labels 1:1, both >= 1."""
+    if not liked or not disliked:
+        return 1.0, 1.0
+    if liked < disliked:
+        return round(disliked / liked, 4), 1.0
+    return 1.0, round(liked / disliked, 4)
+
+
+def with_kto_weights(cfg: TrainConfig, examples: list[dict]) -> TrainConfig:
+    """`cfg` with KTO weights from the label balance of `examples`, unless set by hand."""
+    if cfg.desirable_weight and cfg.undesirable_weight:
+        return cfg
+    liked = sum(bool(e["label"]) for e in examples)
+    desirable, undesirable = kto_weights(liked, len(examples) - liked)
+    return replace(cfg, desirable_weight=cfg.desirable_weight or desirable,
+                   undesirable_weight=cfg.undesirable_weight or undesirable)
