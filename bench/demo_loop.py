@@ -1,8 +1,11 @@
-"""Issue 7's acceptance, measured by the demo itself: for each built-in single-axis persona
-and a custom judge, does the promoted champion reach 0.85 thumbs-up on held-out prompts
-within 15 minutes, with zero failed requests? And does the taste-change scenario roll back?
+"""The loop measured by the demo itself: for each built-in persona (the request-dependent
+ones included) and a custom judge, does the promoted champion reach 0.85 thumbs-up on
+held-out prompts in time, with zero failed requests? Does the taste-change scenario roll
+back? And what does a 50/50 mix of opposite tastes get?
 
-    python bench/demo_loop.py [--runs formal,short,...] [--minutes 15]
+    python bench/demo_loop.py [--runs formal,short,...] [--minutes 15] [--regime realistic]
+
+`--regime realistic`: 5% of liked and 15% of disliked answers rated, 20% of thumbs flipped.
 
 Each run is a full `loraloop demo` (its own data dir; the demo model is shared). Wall time
 counts from the command's start (gateway and vLLM start-up and the base measurement
@@ -27,11 +30,14 @@ RUNS = {
     "no-name": ["--persona", "no-name"],
     "custom judge": ["--judge", "bench.tastes:formal_short_or_casual_question"],
     "taste change": ["--persona", "formal", "--scenario", "taste-change"],
+    "formal-for-errands": ["--persona", "formal-for-errands"],
+    "long-for-advice": ["--persona", "long-for-advice"],
+    "mix formal/casual": ["--mix", "formal:0.5,casual:0.5"],
 }
 
 
 def run(name: str, extra: list[str], minutes: float, root: Path) -> dict:
-    out = root / name.replace(" ", "-")
+    out = root / name.replace(" ", "-").replace("/", "-")
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "demo.run", *extra, "--minutes", str(minutes), "--data-dir",
                     str(out / "data"), "--out", str(out / "report")], check=True,
@@ -47,7 +53,7 @@ def row(name: str, s: dict) -> str:
     return (f"| {name} | {base['rate']:.2f} {tuple(base['ci95'])} | {champ['rate']:.2f} {tuple(champ['ci95'])} "
             f"(n={champ['rated']}) | {len(s['generations']) - 1} | {actions.count('rolled_back')} | "
             f"{s['minutes_to_target'] if s['minutes_to_target'] is not None else '-'} | {s['wall_minutes']} | "
-            f"{s['requests']} | {s['failed_requests']} | {len(s['candidates'])} "
+            f"{s['requests']} | {s.get('ratings', '-')} | {s['failed_requests']} | {len(s['candidates'])} "
             f"({sum(not c['gate_passed'] for c in s['candidates'])} refused by the gate) |")
 
 
@@ -55,16 +61,21 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated names from: " + ", ".join(RUNS))
     p.add_argument("--minutes", type=float, default=15)
+    p.add_argument("--regime", choices=["ideal", "realistic"], default="ideal")
     p.add_argument("--out", type=Path, help="where each run's data and report go (default: a temp folder)")
     args = p.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="loraloop-demo-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print("| run | base held-out (95% CI) | champion held-out | generations | rollbacks | minutes to target | "
-          "wall minutes | requests | failed | candidates |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "wall minutes | requests | ratings | failed | candidates |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.runs.split(","):
-        print(row(name, run(name, RUNS[name], args.minutes, root)), flush=True)
+        summary = run(name, [*RUNS[name], "--regime", args.regime], args.minutes, root)
+        print(row(name, summary), flush=True)
+        per_persona = summary["champion_heldout"].get("per_persona")
+        if per_persona:
+            print("|   per persona | " + ", ".join(f"{p}: {r['rate']:.2f}" for p, r in per_persona.items()) + " |")
     print(f"(reports under {root})")
 
 

@@ -18,6 +18,7 @@ def test_auto_picks_dpo_for_pairs_best_of_n_for_unpaired_thumbs_and_sft_for_prai
     # realistic feedback: few pairs, complaints outnumber praise
     method, why = choose(pairs=3, liked=35, disliked=110, min_pairs=64)
     assert method == "best-of-n" and "35 liked and 110 disliked" in why
+    assert choose(pairs=3, liked=70, disliked=110, min_pairs=64)[0] == "kto"  # enough of both kinds
     assert choose(pairs=0, liked=3, disliked=1, min_pairs=64)[0] == "sft"
     assert choose(pairs=0, liked=0, disliked=40, min_pairs=64)[0] == "kto"
 
