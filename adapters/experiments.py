@@ -13,7 +13,8 @@ since the start, and
 
 1. rolls back on a guardrail: the canary's error rate or mean latency clearly worse;
 2. otherwise promotes or rolls back when the always-valid sequential test on the thumbs-up
-   share of the rated answers (adapters/sequential.py) reaches its confidence;
+   share of the rated answers (adapters/sequential.py) reaches its confidence, or rolls back
+   when the one on thumbs-down per served answer finds the canary worse (alpha shared 4:1);
 3. otherwise rolls back at `max_hours` (inconclusive: the champion stays).
 
 Why the share of RATED answers, and no guardrail on how often each arm is rated: real users
@@ -47,12 +48,14 @@ from adapters.sequential import Arm, decide
 
 S = AdapterState
 OPEN = ("running", "paused")
+COMPLAINT_ALPHA = 0.2  # the complaint test's part of alpha; the thumbs-up share test has the rest
 
 
 @dataclass(frozen=True)
 class Policy:
     alpha: float = 0.05  # chance of any decision when the canary is no different
     tau: float = 0.1  # size of difference in thumbs-up rate the test is tuned to
+    complaint_tau: float = 0.03  # ...and in thumbs-down per served answer (a few per cent are rated)
     min_ratings: int = 30  # per arm, before the test may decide
     guardrail_min_requests: int = 50  # per arm, before a guardrail may fire
     max_error_rate_increase: float = 0.02  # canary error rate above the champion's by more
@@ -74,6 +77,10 @@ class ArmNumbers:
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def down(self) -> int:
+        return self.ratings - self.up
 
     @property
     def coverage(self) -> float:
@@ -181,11 +188,23 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
           now: datetime) -> tuple[str, str, dict]:
     """(decision, why, the numbers behind it); decision is promote | rollback | continue."""
     champion, canary = numbers["champion"], numbers["canary"]
+    # Two always-valid tests sharing alpha, so that any decision on a canary no different
+    # from the champion stays at most alpha in all: the thumbs-up share of the rated answers
+    # (robust to how often users rate, so it alone may promote), and complaints per SERVED
+    # answer (better powered: thumbs-down are most of the thumbs, and the served count is
+    # exact; but users of one arm rating less would look like fewer complaints, so it may
+    # only roll back, which keeps the champion). The complaint test's evidence grows fast,
+    # so it gets the smaller part of alpha and promotions wait little longer than alone.
     verdict = decide(Arm(champion.up, champion.ratings), Arm(canary.up, canary.ratings),
-                     alpha=policy.alpha, tau=policy.tau, min_ratings=policy.min_ratings)
+                     alpha=policy.alpha * (1 - COMPLAINT_ALPHA), tau=policy.tau, min_ratings=policy.min_ratings)
+    complaints = decide(Arm(champion.requests - champion.down, champion.requests),
+                        Arm(canary.requests - canary.down, canary.requests), alpha=policy.alpha * COMPLAINT_ALPHA,
+                        tau=policy.complaint_tau, min_ratings=policy.guardrail_min_requests)
     evidence = {"arms": {arm: asdict(n) | {"coverage": round(n.coverage, 4)} for arm, n in numbers.items()},
                 "log_lambda": verdict.log_lambda,
-                "threshold": verdict.threshold, "difference": verdict.difference}
+                "threshold": verdict.threshold, "difference": verdict.difference,
+                "complaints": {"log_lambda": complaints.log_lambda, "threshold": complaints.threshold,
+                               "difference": complaints.difference}}
     if min(champion.requests, canary.requests) >= policy.guardrail_min_requests:
         if canary.error_rate > champion.error_rate + policy.max_error_rate_increase:
             return "rollback", f"guardrail: canary error rate {canary.error_rate:.1%} vs {champion.error_rate:.1%}", \
@@ -199,6 +218,9 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
         better = "better" if verdict.difference > 0 else "worse"
         return verdict.decision, (f"sequential test: canary thumbs-up {canary.up}/{canary.ratings} vs "
                                   f"{champion.up}/{champion.ratings}, {better} at alpha {policy.alpha}"), evidence
+    if complaints.decision == "rollback" and min(champion.ratings, canary.ratings) >= policy.min_ratings:
+        return "rollback", (f"sequential test: canary thumbs-down {canary.down} per {canary.requests} answers vs "
+                            f"{champion.down} per {champion.requests}, worse at alpha {policy.alpha}"), evidence
     if now - as_utc(experiment.started_at) >= timedelta(hours=experiment.max_hours):
         return "rollback", f"no decision within {experiment.max_hours:g} h: the champion stays", evidence
     return "continue", "", evidence

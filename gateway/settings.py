@@ -34,6 +34,7 @@ class ExperimentSettings(BaseModel):
     auto_start: bool = Field(True, description="Approved versions trained for an alias start an experiment.")
     alpha: float = Field(0.05, description="Chance of a decision when the canary is no different.")
     tau: float = Field(0.1, description="Thumbs-up rate difference the test is tuned to detect.")
+    complaint_tau: float = Field(0.03, description="Thumbs-down per served answer difference, likewise.")
     min_ratings: int = Field(30, description="Ratings per arm before the test may decide.")
     default_share: float = Field(0.1, description="Canary share of users when none is given.")
     default_max_hours: float = Field(72.0, description="An experiment undecided this long rolls back.")
@@ -45,7 +46,8 @@ class ExperimentSettings(BaseModel):
     def policy(self):  # type: ignore[no-untyped-def]
         from adapters.experiments import Policy
 
-        return Policy(alpha=self.alpha, tau=self.tau, min_ratings=self.min_ratings, auto_start=self.auto_start,
+        return Policy(alpha=self.alpha, tau=self.tau, complaint_tau=self.complaint_tau, min_ratings=self.min_ratings,
+                      auto_start=self.auto_start,
                       default_share=self.default_share, default_max_hours=self.default_max_hours,
                       guardrail_min_requests=self.guardrail_min_requests,
                       max_error_rate_increase=self.max_error_rate_increase,
