@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,8 @@ def main() -> None:
     p.add_argument("--runs", default=",".join(RUNS), help="comma-separated names from: " + ", ".join(RUNS))
     p.add_argument("--minutes", type=float, default=15)
     p.add_argument("--regime", choices=["ideal", "realistic"], default="ideal")
+    p.add_argument("--demo-args", default="", help="more `loraloop demo` options for every run, e.g. "
+                   "'--train-every 80 --steps 80'")
     p.add_argument("--out", type=Path, help="where each run's data and report go (default: a temp folder)")
     args = p.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="loraloop-demo-bench-"))
@@ -71,7 +74,7 @@ def main() -> None:
           "wall minutes | requests | ratings | failed | candidates |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.runs.split(","):
-        summary = run(name, [*RUNS[name], "--regime", args.regime], args.minutes, root)
+        summary = run(name, [*RUNS[name], "--regime", args.regime, *shlex.split(args.demo_args)], args.minutes, root)
         print(row(name, summary), flush=True)
         per_persona = summary["champion_heldout"].get("per_persona")
         if per_persona:
