@@ -1,6 +1,13 @@
-"""The loop closes: a short `loraloop demo` (real gateway, vLLM, scheduler, trainer, gate and
-experiment; simulated users through the openai client) moves the users' thumbs-up rate on
-prompts no run ever trained on, and no request fails on the way."""
+"""The loop closes under feedback shaped as real users give it: a short `loraloop demo`
+(real gateway, vLLM, scheduler, trainer, gate and experiment; simulated users through the
+openai client) whose users rate three times as many of the answers they dislike as of those
+they like, some thumbs flipped, moves their TRUE liking on prompts no run ever trained on,
+and no request fails on the way.
+
+CI-sized: 20% / 60% of liked / disliked answers rated and 10% flipped, where the realistic
+regime is 5% / 15% and 20%. At the realistic regime the same run promoted after 17.8
+minutes of traffic (bench/README.md), and at 15% / 45% / 20% its A/B test had not decided
+within 7.5 minutes: too long for CI, where this test must stay near 10 minutes."""
 
 from __future__ import annotations
 
@@ -26,18 +33,22 @@ def z_score(a: dict, b: dict) -> float:
     return (b["rate"] - a["rate"]) / se
 
 
-def test_one_generation_of_the_loop_raises_the_heldout_thumbs_up_rate(
+def test_one_generation_under_sparse_one_sided_noisy_feedback_raises_the_true_heldout_rate(
         demo_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LORALOOP_DATA_DIR", str(CACHE))  # the demo model is shared, not rebuilt
-    summary = main(["--persona", "formal", "--generations", "1", "--minutes", "12", "--heldout-n", "200",
-                    "--train-every", "150", "--steps", "80", "--min-ratings", "30", "--concurrency", "4",
-                    "--port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    summary = main(["--persona", "formal", "--rate-liked", "0.2", "--rate-disliked", "0.6", "--noise", "0.1",
+                    "--generations", "1", "--minutes", "16",
+                    "--heldout-n", "200", "--train-every", "100", "--steps", "80", "--min-ratings", "30",
+                    "--concurrency", "4", "--port", str(free_port()), "--data-dir", str(tmp_path / "data"),
+                    "--out", str(tmp_path / "out")])
 
     assert summary["failed_requests"] == 0, summary["failures"]
     assert len(summary["generations"]) == 2, summary["events"]  # the base, then one promoted champion
     base, champion = summary["generations"][0]["heldout"], summary["generations"][1]["heldout"]
     assert champion["rate"] > base["rate"] and z_score(base, champion) > 2.33, (base, champion)  # p < 0.01
     assert [e["action"] for e in summary["events"]][:2] == ["started", "promoted"]
+    assert summary["ratings"] < 0.6 * summary["answers"]  # most answers got no thumb
+    assert summary["habits"] == {"rate_liked": 0.2, "rate_disliked": 0.6, "noise": 0.1}
 
     report = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert report["generations"] == summary["generations"]
@@ -47,6 +58,12 @@ def test_one_generation_of_the_loop_raises_the_heldout_thumbs_up_rate(
     with make_sessionmaker(engine)() as session:
         promoted = session.get(AdapterVersion, summary["generations"][1]["version"])
         assert promoted is not None and promoted.eval_report["passed"]  # the gate let it through
+        # --method auto: unpaired thumbs -> best-of-n by a gated judge, or KTO (more thumbs, or
+        # the judge failed its gate)
+        choice = promoted.provenance["method_choice"]
+        assert choice["requested"] == "auto" and choice["chose"] in ("best-of-n", "kto"), choice
+        if choice["chose"] == "best-of-n":
+            assert promoted.provenance["best_of_n"]["judge_auc"] >= 0.6
         # the held-out measurements were logged but never rated: they cannot have trained anything
         rated_heldout = session.scalar(select(Feedback.id).join(Interaction, Feedback.interaction_id == Interaction.id)
                                        .where(Interaction.end_user == "heldout-eval").limit(1))
