@@ -81,6 +81,7 @@ class InteractionLog:
         self._idle = asyncio.Event()
         self._idle.set()
         self._progress = asyncio.Event()  # set (and replaced) after every batch
+        self.database_away = False  # the last write found the database away (it is retrying)
 
     def admit(self) -> None:
         """Called before serving: under the `reject` policy a full log refuses new work."""
@@ -114,10 +115,12 @@ class InteractionLog:
             try:
                 await anyio.to_thread.run_sync(self._write, batch)
                 self.written += len(batch)
+                self.database_away = False
             except Exception as exc:
                 # A row the database refuses (not an outage): write the rest one by one
                 # rather than retry a batch that can never succeed.
                 retry = await anyio.to_thread.run_sync(self._write_each, batch) if not is_outage(exc) else batch
+                self.database_away = bool(retry)
                 if retry:
                     # The database is away: keep the rows and retry, the queue absorbs the wait.
                     log.warning("writing %d interactions failed (%s); retrying in 1 s", len(retry),
@@ -151,8 +154,8 @@ class InteractionLog:
     async def wait_written(self, interaction_id: str) -> None:
         """Returns once `interaction_id` waits no more: committed, or dropped. Wakes the writer
         rather than waiting for the whole log to go idle, which under sustained traffic it
-        may never do."""
-        while interaction_id in self.pending:
+        may never do. Returns early while the database is away: that wait has no bound."""
+        while interaction_id in self.pending and not self.database_away:
             progress = self._progress
             self._wake.set()
             await progress.wait()

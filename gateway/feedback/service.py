@@ -41,22 +41,27 @@ class RatingWriter:
         self.queue: asyncio.Queue[tuple[Rating, asyncio.Future[RatingResult]]] = asyncio.Queue()
 
     async def submit(self, rating: Rating) -> RatingResult:
-        if rating.interaction_id in self.interactions.pending:
+        pending = self.interactions.pending
+        if rating.interaction_id in pending:
             # An answer served a moment ago: wait for that answer's row only, here, not in the
             # writer (which would hold up every other rating). The row can take seconds on a
-            # busy SQLite (a writer waits up to its 30 s busy timeout for the lock): this
-            # answer was served, so it is never a 404; past the wait it is a retryable 503.
+            # busy SQLite (a writer waits up to its 30 s busy timeout for the lock). While the
+            # database is away the wait ends at once and writing the rating fails fast (503
+            # database_unavailable).
             with anyio.move_on_after(self.pending_wait_s):
                 await self.interactions.wait_written(rating.interaction_id)
-            if rating.interaction_id in self.interactions.pending:
-                raise NotStoredYet("This answer is not stored yet (the database is slow or away); "
-                                   "retry the rating shortly.", param="id")
+            if rating.interaction_id in pending and not self.interactions.database_away:
+                raise NotStoredYet("This answer is not stored yet (the database is slow); retry the rating "
+                                   "shortly.", param="id")
         result = await self._submit_once(rating)
-        if not result.stored:
+        if not result.stored and rating.interaction_id not in pending:
             # With several gateway replicas, the answer may have been served by another one
             # whose interaction log has not written it yet: give that log time to flush.
             await asyncio.sleep(3 * self.interactions.flush_interval_s)
             result = await self._submit_once(rating)
+        if not result.stored and rating.interaction_id in pending:  # served here: never a 404
+            raise NotStoredYet("This answer is not stored yet (the database was away); retry the rating "
+                               "shortly.", param="id")
         return result
 
     async def _submit_once(self, rating: Rating) -> RatingResult:

@@ -197,7 +197,7 @@ def test_sft_through_the_gate_and_both_policies_serve_from_vllm(store: Path, gat
     monkeypatch.setenv("LORALOOP_DATA_DIR", str(store))
     data = store / "conversations.jsonl"
     data.write_text("\n".join(json.dumps(c) for c in conversations(200, FORMAL, seed=5)))
-    sft = main(TrainConfig(method="sft", data=str(data), steps=40))
+    sft = main(TrainConfig(method="sft", data=str(data), steps=30))  # 40 drifted to sampled KL 2.08 > 2.0
     assert sft.approved, sft.reasons
     with sessions(store).begin() as session:
         assert session.get(AdapterVersion, sft.version).eval_report["metrics"]["perplexity_ratio"] <= 1.5

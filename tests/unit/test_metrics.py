@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import pytest
@@ -192,5 +193,7 @@ def test_experiments_are_exported_with_the_sequential_test(gw: Gateway) -> None:
     rated = [value(samples, "loraloop_experiment_ratings", alias="default", arm=arm) for arm in ("champion", "canary")]
     assert sum(rated) == 40 and min(rated) > 0
     assert value(samples, "loraloop_experiment_thumbs_up_rate", alias="default", arm="canary") == 1.0
-    assert value(samples, "loraloop_experiment_threshold", alias="default") == pytest.approx(2.9957, abs=1e-3)
+    # log(1 / alpha) of the thumbs-up share test, whose part of alpha is 1 - COMPLAINT_ALPHA
+    threshold = math.log(1 / (experiments.Policy().alpha * (1 - experiments.COMPLAINT_ALPHA)))
+    assert value(samples, "loraloop_experiment_threshold", alias="default") == pytest.approx(threshold, abs=1e-3)
     assert value(samples, "loraloop_experiments_ended_total", outcome="promoted", decided_by="auto") == 0
