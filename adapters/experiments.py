@@ -214,13 +214,17 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
                 canary.mean_latency_ms > policy.max_latency_ratio * champion.mean_latency_ms:
             return "rollback", (f"guardrail: canary mean latency {canary.mean_latency_ms:.0f} ms vs "
                                 f"{champion.mean_latency_ms:.0f} ms"), evidence
-    if verdict.decision != "continue":
-        better = "better" if verdict.difference > 0 else "worse"
-        return verdict.decision, (f"sequential test: canary thumbs-up {canary.up}/{canary.ratings} vs "
-                                  f"{champion.up}/{champion.ratings}, {better} at alpha {policy.alpha}"), evidence
     if complaints.decision == "rollback" and min(champion.ratings, canary.ratings) >= policy.min_ratings:
         return "rollback", (f"sequential test: canary thumbs-down {canary.down} per {canary.requests} answers vs "
-                            f"{champion.down} per {champion.requests}, worse at alpha {policy.alpha}"), evidence
+                            f"{champion.down} per {champion.requests}, worse at alpha "
+                            f"{policy.alpha * COMPLAINT_ALPHA:g}"), evidence
+    # A higher thumbs-up share WITH more complaints per answer can only come from users rating
+    # the arms differently (not from liking the canary more): no promotion on that.
+    if verdict.decision == "rollback" or (verdict.decision == "promote" and complaints.difference >= 0):
+        better = "better" if verdict.difference > 0 else "worse"
+        return verdict.decision, (f"sequential test: canary thumbs-up {canary.up}/{canary.ratings} vs "
+                                  f"{champion.up}/{champion.ratings}, {better} at alpha "
+                                  f"{policy.alpha * (1 - COMPLAINT_ALPHA):g}"), evidence
     if now - as_utc(experiment.started_at) >= timedelta(hours=experiment.max_hours):
         return "rollback", f"no decision within {experiment.max_hours:g} h: the champion stays", evidence
     return "continue", "", evidence

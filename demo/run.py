@@ -90,8 +90,10 @@ def measure(url: str, model: str, mix: Mix, n: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     mix = parse_mix(args.mix) if args.mix else [(persona(args.judge or args.persona), 1.0)]
-    if len(mix) > 1 and args.scenario == "taste-change":
-        raise SystemExit("loraloop demo: --scenario taste-change needs one persona, not a --mix")
+    if args.scenario == "taste-change" and (len(mix) > 1 or args.judge or
+                                            any(a not in OPPOSITE for a in args.persona.split("+"))):
+        raise SystemExit("loraloop demo: --scenario taste-change needs one built-in persona of style axes "
+                         f"({', '.join(OPPOSITE)}, joined with +)")
     rating = habits(args)
     home = Path(os.environ.get("LORALOOP_DATA_DIR", Path.home() / ".local/share/loraloop"))
     data = args.data_dir or home / "demo" / time.strftime("%Y%m%d-%H%M%S")

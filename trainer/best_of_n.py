@@ -21,6 +21,7 @@ against the champion among its checks.
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,19 @@ from typing import Any
 from trainer.train_config import TrainConfig
 
 
+def is_chat(example: dict) -> bool:
+    """A chat example (turns as dicts); completions-API thumbs (plain text) are not judged."""
+    prompt, completion = example.get("prompt"), example.get("completion")
+    return isinstance(prompt, list) and isinstance(completion, list) and \
+        all(isinstance(t, dict) for t in (*prompt, *completion))
+
+
 def label_pairs(labelled: list[dict], seed: int = 0, per_example: int = 2) -> list[dict]:
     """Implicit-prompt preference pairs (`chosen`/`rejected` as whole conversations) from
-    `prompt/completion/label` examples: every example of the rarer label paired with
-    `per_example` random ones of the other, so neither label's examples go unused."""
-    liked = [e for e in labelled if e["label"]]
-    disliked = [e for e in labelled if not e["label"]]
+    chat `prompt/completion/label` examples: every example of the more common label paired
+    with a random one of the other, `per_example` times over, so no example goes unused."""
+    liked = [e for e in labelled if e["label"] and is_chat(e)]
+    disliked = [e for e in labelled if not e["label"] and is_chat(e)]
     if not liked or not disliked:
         return []
     rng = random.Random(seed)
@@ -64,7 +72,7 @@ def auc(scores: list[tuple[float, bool]]) -> float:
 
 
 def train_judge(cfg: TrainConfig, base_model: str, train: list[dict], heldout: list[dict],
-                out: Path) -> tuple[Path | None, dict[str, float]]:
+                out: Path) -> tuple[Path | None, dict[str, float | None]]:
     """Trains and gates the reward model: (its folder, or None when it failed its gate; metrics)."""
     from trainer.gate_config import GateConfig
     from trainer.reward_model import RewardModel, build_trainer
@@ -79,9 +87,13 @@ def train_judge(cfg: TrainConfig, base_model: str, train: list[dict], heldout: l
     model: Any = trainer.model
     model.save_pretrained(out)
     judge = RewardModel(base_model, out)
-    scored = [(judge.score(e["prompt"], e["completion"][0]["content"]), bool(e["label"])) for e in heldout]
-    metrics = {"judge_pairs": float(len(pairs)), "judge_heldout": float(len(heldout)), "judge_auc": auc(scored)}
-    passed = metrics["judge_auc"] >= GateConfig().min_reward_accuracy  # NaN (one label only) fails
+    scored = [(judge.score(e["prompt"], e["completion"][0]["content"]), bool(e["label"]))
+              for e in heldout if is_chat(e)]
+    measured = auc(scored)
+    passed = measured >= GateConfig().min_reward_accuracy  # NaN (one label only) fails
+    # None, not NaN: the figures go into JSON columns, and PostgreSQL's json refuses NaN
+    metrics: dict[str, float | None] = {"judge_pairs": float(len(pairs)), "judge_heldout": float(len(scored)),
+                                        "judge_auc": None if math.isnan(measured) else measured}
     return (out if passed else None), metrics
 
 
@@ -125,7 +137,7 @@ def distinct_prompts(labelled: list[dict], limit: int, seed: int = 0) -> list[An
 
     seen: dict[str, Any] = {}
     for e in labelled:
-        if isinstance(e["prompt"], list):
+        if is_chat(e):
             seen.setdefault(json.dumps(e["prompt"], sort_keys=True), e["prompt"])
     prompts = list(seen.values())
     random.Random(seed).shuffle(prompts)

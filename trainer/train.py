@@ -283,9 +283,18 @@ def resolve_method(cfg: TrainConfig, db_url: str) -> tuple[TrainConfig, dict | N
         return cfg, None
     counts: dict[str, int] = {}
     if cfg.data:
-        first = json.loads(next(line for line in Path(cfg.data).read_text().splitlines() if line.strip()))
-        method = "dpo" if "chosen" in first else "best-of-n" if "label" in first else "sft"
-        why = f"--data holds {'pairs' if method == 'dpo' else 'thumbs' if 'label' in first else 'conversations'}"
+        examples = [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
+        if not examples:
+            raise SystemExit(f"--data {cfg.data} is empty")
+        liked = sum(bool(e.get("label")) for e in examples if "label" in e)
+        counts = {"pairs": sum("chosen" in e for e in examples), "liked": liked,
+                  "disliked": sum("label" in e for e in examples) - liked}
+        if "messages" in examples[0]:
+            method, why = "sft", "--data holds conversations"
+        elif not any(counts.values()):
+            raise SystemExit(f"--data {cfg.data}: neither pairs, thumbs (label) nor conversations (messages)")
+        else:
+            method, why = choose(counts["pairs"], counts["liked"], counts["disliked"], cfg.min_pairs)
     else:
         from trainer.data import DataConfig, for_alias, report
 
@@ -349,12 +358,16 @@ def main(cfg: TrainConfig) -> TrainResult:
         if cfg.method == "best-of-n":
             examples, judge_dir, extra["best_of_n"] = best_of_n_examples(cfg, base_model, data, Path(scratch),
                                                                           settings.db_url)
-            heldout, reward = [], judge_dir  # the judge also gives the gate its win rate
+            # The gate's win rate: an approved reward model when there is one (independent of
+            # the judge that picked the training answers), else the judge itself.
+            heldout, reward = [], reward or judge_dir
             if judge_dir is None and choice is None:
                 raise SystemExit(f"best-of-n: the reward model failed its gate ({extra['best_of_n']}): "
                                  "more ratings of both kinds are needed")
             if judge_dir is None and choice is not None:  # auto: too few or too noisy thumbs to judge by
-                cfg = with_kto_weights(replace(cfg, method="kto", learning_rate=0.0), data["train"])
+                cfg = with_kto_weights(replace(cfg, method="kto", learning_rate=0.0 if cfg.learning_rate ==
+                                               DEFAULT_LEARNING_RATE["best-of-n"] else cfg.learning_rate),
+                                       data["train"])
                 examples, heldout = data["train"], data["heldout"]
                 choice |= {"chose": "kto", "why": choice["why"] + "; its judge failed its gate, so KTO"}
         seconds, history, _ = train(cfg, examples, base_model, Path(scratch), prompts, heldout,

@@ -117,7 +117,12 @@ def until_decided(gw: Gateway, db, taste: dict[str, float]) -> tuple[str, str]: 
     decision, why = "continue", ""
     for round_ in range(6):
         traffic(gw, 60, taste, seed=round_)
-        ((_, decision, why),) = experiments.judge_all(db, POLICY)
+        judged = experiments.judge_all(db, POLICY)
+        if not judged:  # the gateway's own judge (every 10 s) decided first: read its verdict
+            with db() as session:
+                experiment = session.scalars(select(Experiment)).one()
+                return {"promoted": "promote", "rolled_back": "rollback"}[experiment.status], experiment.reason or ""
+        ((_, decision, why),) = judged
         if decision != "continue":
             break
     return decision, why
@@ -489,3 +494,17 @@ def test_no_difference_decides_at_most_alpha_of_experiments_checked_all_along() 
                     decided += 1
                     break
     assert decided / sims <= 0.05 + 2 * (0.05 * 0.95 / sims) ** 0.5, decided
+
+
+def test_more_thumbs_up_with_more_complaints_is_no_promotion(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    """A canary whose satisfied users rate more often (its thumbs-up share rises) while its
+    complaints per answer rise too is not better: that is the arms being rated differently."""
+    start(db, gw)
+    with db() as session:
+        experiment = session.scalars(select(Experiment)).one()
+    champion = experiments.ArmNumbers(4000, 0, 100.0, 400, 140)  # 260 complaints
+    canary = experiments.ArmNumbers(4000, 0, 100.0, 700, 420)  # more thumbs up AND 280 complaints
+    decision, why, evidence = experiments.judge(experiment, {"champion": champion, "canary": canary}, POLICY,
+                                                utcnow())
+    assert evidence["difference"] > 0 and evidence["complaints"]["difference"] < 0
+    assert decision != "promote", why

@@ -72,3 +72,31 @@ def test_best_of_n_samples_each_distinct_chat_prompt_once() -> None:
     prompts = distinct_prompts(thumbs, limit=10)
     assert sorted(p[0]["content"] for p in prompts) == ["other", "same"]
     assert len(distinct_prompts(thumbs, limit=1)) == 1
+
+
+def test_completions_thumbs_are_left_out_of_the_judge_not_a_crash() -> None:
+    from trainer.best_of_n import is_chat
+
+    plain = {"prompt": "Say hi", "completion": "hi", "label": True}
+    assert not is_chat(plain) and is_chat(example("q", "a", True))
+    thumbs = [plain, example("q1", "good", True), example("q2", "bad", False)]
+    assert all(p["chosen"][-1]["content"] == "good" for p in label_pairs(thumbs))
+    assert distinct_prompts([plain], limit=5) == []
+
+
+def test_auto_on_a_file_counts_its_thumbs_and_refuses_what_it_cannot_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from trainer.train import resolve_method
+
+    thumbs = [example(f"q{i}", "a", i % 3 == 0) for i in range(300)]
+    data = tmp_path / "thumbs.jsonl"
+    data.write_text("\n".join(json.dumps(e) for e in thumbs))
+    cfg, choice = resolve_method(TrainConfig(method="auto", data=str(data)), "sqlite://")
+    assert cfg.method == "kto" and choice is not None and (choice["liked"], choice["disliked"]) == (100, 200)
+    data.write_text("\n".join(json.dumps(e) for e in thumbs[:30]))
+    assert resolve_method(TrainConfig(method="auto", data=str(data)), "sqlite://")[0].method == "best-of-n"
+    for text in ("", json.dumps({"prompt": "x", "completion": "y"})):
+        data.write_text(text)
+        with pytest.raises(SystemExit):
+            resolve_method(TrainConfig(method="auto", data=str(data)), "sqlite://")
