@@ -38,18 +38,20 @@ def is_chat(example: dict) -> bool:
 
 def label_pairs(labelled: list[dict], seed: int = 0, per_example: int = 2) -> list[dict]:
     """Implicit-prompt preference pairs (`chosen`/`rejected` as whole conversations) from
-    chat `prompt/completion/label` examples: every example of the more common label paired
-    with a random one of the other, `per_example` times over, so no example goes unused."""
+    chat `prompt/completion/label` examples: each example of the more common label is used
+    `per_example` times, each time against a random one of the rarer label."""
     liked = [e for e in labelled if e["label"] and is_chat(e)]
     disliked = [e for e in labelled if not e["label"] and is_chat(e)]
     if not liked or not disliked:
         return []
     rng = random.Random(seed)
-    n = max(len(liked), len(disliked)) * per_example
-    return [{"chosen": _conversation(liked[i % len(liked)]), "rejected": _conversation(rng.choice(disliked))}
-            if len(liked) >= len(disliked) else
-            {"chosen": _conversation(rng.choice(liked)), "rejected": _conversation(disliked[i % len(disliked)])}
-            for i in range(n)]
+    many, few = (liked, disliked) if len(liked) >= len(disliked) else (disliked, liked)
+    pairs = []
+    for i in range(len(many) * per_example):
+        one, other = many[i % len(many)], rng.choice(few)
+        good, bad = (one, other) if one["label"] else (other, one)
+        pairs.append({"chosen": _conversation(good), "rejected": _conversation(bad)})
+    return pairs
 
 
 def _conversation(example: dict) -> list[dict]:
