@@ -17,6 +17,12 @@ since the start, and
    when the one on thumbs-down per served answer finds the canary worse (alpha shared 4:1);
 3. otherwise rolls back at `max_hours` (inconclusive: the champion stays).
 
+A canary that passed a pre-screen (the gate's reward model preferred its answers to the
+champion's on held-out prompts: `win_rate` > 0.5 in its gate report) is expected to be
+better, so the share test's prior is centred on +`prior_lift` instead of 0
+(adapters/sequential.py): the same error bound, fewer ratings to promote a canary the
+pre-screen got right.
+
 Why the share of RATED answers, and no guardrail on how often each arm is rated: real users
 rate few answers and complain more than they praise, so a better canary collects FEWER
 ratings (fewer complaints). How often an arm is rated says how much it is disliked, not that
@@ -57,6 +63,7 @@ class Policy:
     tau: float = 0.1  # size of difference in thumbs-up rate the test is tuned to
     complaint_tau: float = 0.03  # ...and in thumbs-down per served answer (a few per cent are rated)
     min_ratings: int = 30  # per arm, before the test may decide
+    prior_lift: float = 0.1  # the share test's prior mean for a canary the pre-screen preferred (0: off)
     guardrail_min_requests: int = 50  # per arm, before a guardrail may fire
     max_error_rate_increase: float = 0.02  # canary error rate above the champion's by more
     max_latency_ratio: float = 2.0  # canary mean latency over the champion's times this...
@@ -184,9 +191,19 @@ def arm_numbers(session: Session, experiment: Experiment) -> dict[str, ArmNumber
             for arm, version in sorted(arm_of, key=lambda a: a[0] != "champion")}
 
 
+def prior_mean(session: Session, experiment: Experiment, policy: Policy) -> float:
+    """+prior_lift when the canary's gate report says a gated reward model preferred it to the
+    champion on held-out prompts, else 0. Fixed before any user saw the canary, so it cannot
+    depend on the experiment's own data (which would void the test's error bound)."""
+    version = session.get(AdapterVersion, experiment.canary)
+    win_rate = (((version.eval_report if version else None) or {}).get("metrics") or {}).get("win_rate")
+    return policy.prior_lift if isinstance(win_rate, (int, float)) and win_rate > 0.5 else 0.0
+
+
 def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy,
-          now: datetime) -> tuple[str, str, dict]:
-    """(decision, why, the numbers behind it); decision is promote | rollback | continue."""
+          now: datetime, prior: float = 0.0) -> tuple[str, str, dict]:
+    """(decision, why, the numbers behind it); decision is promote | rollback | continue.
+    `prior`: the share test's prior mean (`prior_mean`)."""
     champion, canary = numbers["champion"], numbers["canary"]
     # Two always-valid tests sharing alpha, so that any decision on a canary no different
     # from the champion stays at most alpha in all: the thumbs-up share of the rated answers
@@ -196,12 +213,13 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
     # only roll back, which keeps the champion). The complaint test's evidence grows fast,
     # so it gets the smaller part of alpha and promotions wait little longer than alone.
     verdict = decide(Arm(champion.up, champion.ratings), Arm(canary.up, canary.ratings),
-                     alpha=policy.alpha * (1 - COMPLAINT_ALPHA), tau=policy.tau, min_ratings=policy.min_ratings)
+                     alpha=policy.alpha * (1 - COMPLAINT_ALPHA), tau=policy.tau, min_ratings=policy.min_ratings,
+                     prior_mean=prior)
     complaints = decide(Arm(champion.requests - champion.down, champion.requests),
                         Arm(canary.requests - canary.down, canary.requests), alpha=policy.alpha * COMPLAINT_ALPHA,
                         tau=policy.complaint_tau, min_ratings=policy.guardrail_min_requests)
     evidence = {"arms": {arm: asdict(n) | {"coverage": round(n.coverage, 4)} for arm, n in numbers.items()},
-                "log_lambda": verdict.log_lambda,
+                "log_lambda": verdict.log_lambda, "prior_mean": prior,
                 "threshold": verdict.threshold, "difference": verdict.difference,
                 "complaints": {"log_lambda": complaints.log_lambda, "threshold": complaints.threshold,
                                "difference": complaints.difference}}
@@ -224,7 +242,8 @@ def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy
         better = "better" if verdict.difference > 0 else "worse"
         return verdict.decision, (f"sequential test: canary thumbs-up {canary.up}/{canary.ratings} vs "
                                   f"{champion.up}/{champion.ratings}, {better} at alpha "
-                                  f"{policy.alpha * (1 - COMPLAINT_ALPHA):g}"), evidence
+                                  f"{policy.alpha * (1 - COMPLAINT_ALPHA):g}"
+                                  + (f" (prior +{prior:g}: the pre-screen preferred it)" if prior else "")), evidence
     if now - as_utc(experiment.started_at) >= timedelta(hours=experiment.max_hours):
         return "rollback", f"no decision within {experiment.max_hours:g} h: the champion stays", evidence
     return "continue", "", evidence
@@ -245,6 +264,7 @@ def judge_all(sessions: sessionmaker, policy: Policy, now: datetime | None = Non
             if experiment is None or experiment.status != "running":
                 continue
             counted, numbers = experiment.id, arm_numbers(session, experiment)
+            prior = prior_mean(session, experiment, policy)
         with sessions.begin() as session:
             registry.lock_alias(session, alias)  # a concurrent operator action waits or wins
             experiment = current(session, alias)
@@ -253,7 +273,7 @@ def judge_all(sessions: sessionmaker, policy: Policy, now: datetime | None = Non
             # The numbers are a few ms stale (answers and ratings written since count next round):
             # for a test that needs tens of ratings per arm and always-valid at any stopping time,
             # that is the same as having judged a moment earlier.
-            decision, why, evidence = judge(experiment, numbers, policy, now or utcnow())
+            decision, why, evidence = judge(experiment, numbers, policy, now or utcnow(), prior)
             experiment.stats = evidence
             if decision == "promote":
                 promote(session, alias, actor="auto", reason=why, numbers=evidence)

@@ -36,6 +36,8 @@ class ExperimentSettings(BaseModel):
     tau: float = Field(0.1, description="Thumbs-up rate difference the test is tuned to detect.")
     complaint_tau: float = Field(0.03, description="Thumbs-down per served answer difference, likewise.")
     min_ratings: int = Field(30, description="Ratings per arm before the test may decide.")
+    prior_lift: float = Field(0.1, description="The share test's prior is centred on this thumbs-up rate "
+                              "difference when the gate's reward model preferred the canary (0: never).")
     default_share: float = Field(0.1, description="Canary share of users when none is given.")
     default_max_hours: float = Field(72.0, description="An experiment undecided this long rolls back.")
     guardrail_min_requests: int = Field(50, description="Requests per arm before guardrails apply.")
@@ -47,6 +49,7 @@ class ExperimentSettings(BaseModel):
         from adapters.experiments import Policy
 
         return Policy(alpha=self.alpha, tau=self.tau, complaint_tau=self.complaint_tau, min_ratings=self.min_ratings,
+                      prior_lift=self.prior_lift,
                       auto_start=self.auto_start,
                       default_share=self.default_share, default_max_hours=self.default_max_hours,
                       guardrail_min_requests=self.guardrail_min_requests,

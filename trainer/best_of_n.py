@@ -114,6 +114,8 @@ def best_answers(cfg: TrainConfig, base_model: str, champion: Path | None, judge
     if champion is not None:
         policy = PeftModel.from_pretrained(policy, champion)
     policy.eval()
+    stop = policy.generation_config.eos_token_id  # one id, or several (Llama 3 has two)
+    ends = torch.tensor(stop if isinstance(stop, list) else [stop if stop is not None else tokenizer.eos_token_id])
     judge = RewardModel(base_model, judge_dir)
     torch.manual_seed(cfg.seed)
     kept, all_scores, best_scores = [], [], []
@@ -121,15 +123,22 @@ def best_answers(cfg: TrainConfig, base_model: str, champion: Path | None, judge
         ids: Any = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)
         with torch.no_grad():
-            out = policy.generate(**ids, do_sample=True, temperature=1.0, max_new_tokens=cfg.max_new_tokens,
+            out = policy.generate(**ids, do_sample=True, temperature=1.0, max_new_tokens=cfg.sample_max_new_tokens,
                                   num_return_sequences=cfg.generations, pad_token_id=tokenizer.pad_token_id)
-        answers = tokenizer.batch_decode(out[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        generated = out[:, ids["input_ids"].shape[1]:]
+        # An answer cut off at the token limit is unfinished: trained on (with an end of turn
+        # appended) it would teach the adapter to stop mid-sentence. Only finished ones compete.
+        finished = torch.isin(generated, ends).any(dim=1).tolist()
+        answers = [a for a, done in zip(tokenizer.batch_decode(generated, skip_special_tokens=True), finished)
+                   if done]
+        if not answers:
+            continue
         scores = [judge.score(prompt, a) for a in answers]
         best = max(range(len(answers)), key=scores.__getitem__)
         all_scores += scores
         best_scores.append(scores[best])
         kept.append({"messages": [*prompt, {"role": "assistant", "content": answers[best].strip()}]})
-    return kept, {"sampled": float(len(all_scores)), "mean_score_all": sum(all_scores) / max(len(all_scores), 1),
+    return kept, {"sampled": float(len(all_scores)), "prompts_kept": float(len(kept)), "mean_score_all": sum(all_scores) / max(len(all_scores), 1),
                   "mean_score_kept": sum(best_scores) / max(len(best_scores), 1)}
 
 

@@ -42,13 +42,18 @@ def choose(pairs: int, liked: int, disliked: int, min_pairs: int) -> tuple[str, 
     return "kto", f"no liked answers, {disliked} disliked: KTO learns what to avoid"
 
 
+MAX_KTO_WEIGHT = 10.0  # past this, a handful of rare-label examples would dominate every batch's gradient
+
+
 def kto_weights(liked: int, disliked: int) -> tuple[float, float]:
-    """(desirable_weight, undesirable_weight) that balance the labels 1:1, both >= 1."""
+    """(desirable_weight, undesirable_weight) that balance the labels 1:1, both >= 1 (TRL's
+    advice: weighted desirable to undesirable between 1 and 4/3), the rarer label's weight
+    at most MAX_KTO_WEIGHT (1 liked among 300 disliked gets 10, not 300)."""
     if not liked or not disliked:
         return 1.0, 1.0
     if liked < disliked:
-        return round(disliked / liked, 4), 1.0
-    return 1.0, round(liked / disliked, 4)
+        return round(min(disliked / liked, MAX_KTO_WEIGHT), 4), 1.0
+    return 1.0, round(min(liked / disliked, MAX_KTO_WEIGHT), 4)
 
 
 def with_kto_weights(cfg: TrainConfig, examples: list[dict]) -> TrainConfig:

@@ -1,9 +1,13 @@
 """Training a LoRA adapter with TRL + PEFT, by any method of the post-training playbook:
 
-    python -m trainer.train --method dpo|kto|sft|reward|grpo [--data FILE] [--steps 100] [--qlora] ...
+    python -m trainer.train --method auto|dpo|kto|best-of-n|sft|reward|grpo [--data FILE] [--steps 100] ...
 
-- dpo: preference pairs (`prompt/chosen/rejected`); kto: unpaired thumbs (`prompt/completion/label`).
-  The scheduled default: both come straight from the feedback store.
+- auto (the scheduled default): one of the next three, chosen from what the data holds
+  (trainer/method_choice.py) and recorded in the provenance as `method_choice`.
+- dpo: preference pairs (`prompt/chosen/rejected`); kto: unpaired thumbs (`prompt/completion/label`),
+  weighted to balance liked and disliked. Both come straight from the feedback store.
+- best-of-n: a reward model trained and gated on the thumbs picks the best of the champion's
+  sampled answers, and SFT learns those (trainer/best_of_n.py); few, noisy, one-sided thumbs.
 - sft: conversations (`messages`), loss on assistant turns only, early stopping on held-out
   validation loss (trainer/sft.py). From a file, or the liked conversations in the store.
 - reward: a reward model (sequence classification, LoRA + score head) from pairs, judged by

@@ -47,6 +47,8 @@ class TrainConfig:
     generations: int = field(default=4, metadata={
         "help": "GRPO and best-of-n: answers sampled per prompt (GRPO's group; best-of-n keeps the best)."})
     sample_prompts: int = field(default=160, metadata={"help": "best-of-n: most training prompts sampled."})
+    sample_max_new_tokens: int = field(default=96, metadata={
+        "help": "best-of-n: longest sampled answer in tokens; an answer cut off there is never kept."})
     desirable_weight: float = field(default=0.0, metadata={
         "help": "KTO: weight of liked answers; 0: set from the label balance (with undesirable_weight)."})
     undesirable_weight: float = field(default=0.0, metadata={

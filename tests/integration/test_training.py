@@ -124,3 +124,27 @@ def test_runs_register_approved_or_rejected_and_a_crash_leaves_nothing(demo_mode
         assert json.loads((tmp_path / "data" / "reports" / f"{name}.json").read_text())["gate"]["passed"] == \
             (name == sound.name)
     assert not any((tmp_path / "data" / "runs").iterdir())
+
+
+def test_best_of_n_keeps_only_finished_answers_the_champion_sampled(demo_model: Path, tmp_path: Path) -> None:
+    """The judge (a reward model on the thumbs) picks one of the champion's samples per prompt;
+    an answer cut off at the token limit never competes: trained on, it would teach the
+    adapter to stop mid-sentence."""
+    from dataclasses import replace
+
+    from demo.personas import readable
+    from trainer.best_of_n import best_answers, train_judge
+
+    thumbs = kto_examples(preference_examples(24))
+    cfg = TrainConfig(method="best-of-n", reward_model_steps=4, generations=3, batch_size=8)
+    judge, metrics = train_judge(cfg, str(demo_model), thumbs[:40], thumbs[40:], tmp_path / "judge")
+    assert metrics["judge_pairs"] == 40 and metrics["judge_heldout"] == 8
+    judge_dir = judge or tmp_path / "judge"  # a 4-step judge may fail its AUC gate; its folder is written
+    prompts = [e["prompt"] for e in thumbs[:6:2]]
+    kept, stats = best_answers(cfg, str(demo_model), None, judge_dir, prompts)
+    assert len(kept) == stats["prompts_kept"] == 3 and stats["sampled"] <= 9
+    assert [example["messages"][:-1] for example in kept] == prompts
+    # finished answers of the demo model read as answers to the request (a cut-off one does not)
+    assert sum(readable(p[0]["content"], e["messages"][-1]["content"]) is not None for e, p in zip(kept, prompts)) >= 2
+    cut_off, stats = best_answers(replace(cfg, sample_max_new_tokens=3), str(demo_model), None, judge_dir, prompts)
+    assert cut_off == [] and stats["prompts_kept"] == 0

@@ -508,3 +508,25 @@ def test_more_thumbs_up_with_more_complaints_is_no_promotion(gw: Gateway, db) ->
                                                 utcnow())
     assert evidence["difference"] > 0 and evidence["complaints"]["difference"] < 0
     assert decision != "promote", why
+
+
+def test_a_canary_the_pre_screen_preferred_is_promoted_on_fewer_ratings(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    """The gate's reward model preferring the canary on held-out prompts (win rate > 0.5)
+    centres the share test's prior on +prior_lift: the same numbers that leave a flat-prior
+    test undecided promote. A win rate at or below 0.5, or none, changes nothing."""
+    start(db, gw)
+    numbers = {"champion": one_sided(1400, 0.5, 0.05, 0.15), "canary": one_sided(1400, 0.8, 0.05, 0.15)}
+    with db.begin() as session:
+        experiment = session.scalars(select(Experiment)).one()
+        assert experiments.prior_mean(session, experiment, POLICY) == 0.0  # no gate report
+        assert experiments.judge(experiment, numbers, POLICY, utcnow())[0] == "continue"
+        canary = session.get(AdapterVersion, experiment.canary)
+        for win_rate, prior in ((0.5, 0.0), ("0.9", 0.0), (0.75, POLICY.prior_lift)):
+            canary.eval_report = {"passed": True, "reasons": [], "metrics": {"win_rate": win_rate}}
+            session.flush()
+            assert experiments.prior_mean(session, experiment, POLICY) == prior
+        decision, why, evidence = experiments.judge(experiment, numbers, POLICY, utcnow(), prior=POLICY.prior_lift)
+        assert decision == "promote" and "pre-screen" in why and evidence["prior_mean"] == POLICY.prior_lift, why
+        # the prior is no licence: a canary the users like less is still rolled back
+        worse = {"champion": one_sided(2000, 0.5), "canary": one_sided(2000, 0.2)}
+        assert experiments.judge(experiment, worse, POLICY, utcnow(), prior=POLICY.prior_lift)[0] == "rollback"

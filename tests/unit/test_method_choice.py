@@ -28,6 +28,7 @@ def test_kto_weights_balance_the_labels_one_to_one_as_trl_advises() -> None:
     assert undesirable == 1.0 and math.isclose(desirable * 35, undesirable * 110, rel_tol=1e-3)
     assert kto_weights(liked=200, disliked=50) == (1.0, 4.0)
     assert kto_weights(liked=0, disliked=9) == (1.0, 1.0)
+    assert kto_weights(liked=1, disliked=300) == (10.0, 1.0)  # capped: one example must not outweigh a batch
     examples = [{"label": True}] * 10 + [{"label": False}] * 30
     assert (with_kto_weights(TrainConfig(method="kto"), examples).desirable_weight,
             with_kto_weights(TrainConfig(method="kto"), examples).undesirable_weight) == (3.0, 1.0)
