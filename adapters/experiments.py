@@ -15,7 +15,13 @@ since the start, and
 2. otherwise promotes or rolls back when the always-valid sequential test on the thumbs-up
    share of the rated answers (adapters/sequential.py) reaches its confidence, or rolls back
    when the one on thumbs-down per served answer finds the canary worse (alpha shared 4:1);
-3. otherwise rolls back at `max_hours` (inconclusive: the champion stays).
+3. otherwise rolls back at `max_hours` (inconclusive: the champion stays), or sooner when
+   it is superseded: a newer approved candidate for the alias learned from at least
+   `supersede_factor` times the feedback, and the test is still undecided after
+   `min_ratings` per arm. Sparse thumbs make a canary no better than its champion run to
+   the deadline (days), while the data keeps growing; the fresher candidate then waits for
+   nothing. Only a rollback, so the promotion error bound is untouched, and the factor
+   bounds the churn: a run of k supersessions needs factor^k times the first one's data.
 
 A canary that passed a pre-screen (the gate's reward model preferred its answers to the
 champion's on held-out prompts: `win_rate` > 0.5 in its gate report) is expected to be
@@ -69,6 +75,7 @@ class Policy:
     max_latency_ratio: float = 2.0  # canary mean latency over the champion's times this...
     min_latency_increase_ms: float = 100.0  # ...and slower by at least this (2 ms vs 5 ms is no regression)
     auto_start: bool = True  # approved versions trained for an alias start an experiment by themselves
+    supersede_factor: float = 2.0  # a newer candidate with this many times the feedback replaces an undecided canary (0: never)
     default_share: float = 0.1
     default_max_hours: float = 72.0
 
@@ -274,6 +281,11 @@ def judge_all(sessions: sessionmaker, policy: Policy, now: datetime | None = Non
             # for a test that needs tens of ratings per arm and always-valid at any stopping time,
             # that is the same as having judged a moment earlier.
             decision, why, evidence = judge(experiment, numbers, policy, now or utcnow(), prior)
+            if decision == "continue" and policy.auto_start and \
+                    min(n.ratings for n in numbers.values()) >= policy.min_ratings:
+                newer = superseded_by(session, experiment, policy)
+                if newer:
+                    decision, why = "rollback", f"superseded by {newer[0]} ({newer[1]}): the test was undecided"
             experiment.stats = evidence
             if decision == "promote":
                 promote(session, alias, actor="auto", reason=why, numbers=evidence)
@@ -283,6 +295,33 @@ def judge_all(sessions: sessionmaker, policy: Policy, now: datetime | None = Non
     if policy.auto_start:
         results += _start_waiting(sessions, policy)
     return results
+
+
+def feedback_size(version: AdapterVersion) -> int:
+    """How much feedback a version learned from: the thumbs and pairs `--method auto` counted,
+    else its training examples."""
+    provenance = version.provenance or {}
+    counts = provenance.get("method_choice") or {}
+    size = sum(int(counts.get(k) or 0) for k in ("pairs", "liked", "disliked")) if counts else 0
+    return size or int(provenance.get("examples") or 0)
+
+
+def superseded_by(session: Session, experiment: Experiment, policy: Policy) -> tuple[str, str] | None:
+    """(name, why) of the newest approved candidate for the experiment's alias that learned
+    from at least `supersede_factor` times the canary's feedback; None when there is none."""
+    canary = session.get(AdapterVersion, experiment.canary)
+    if not policy.supersede_factor or canary is None or not feedback_size(canary):
+        return None
+    newest = None
+    for version in session.scalars(select(AdapterVersion).where(
+            AdapterVersion.state == S.approved, AdapterVersion.kind == "policy",
+            AdapterVersion.created_at > canary.created_at).order_by(AdapterVersion.created_at)):
+        if ((version.provenance or {}).get("config") or {}).get("alias") == experiment.alias and \
+                feedback_size(version) >= policy.supersede_factor * feedback_size(canary):
+            newest = version
+    if newest is None:
+        return None
+    return newest.name, f"{feedback_size(newest)} examples of feedback vs the canary's {feedback_size(canary)}"
 
 
 def _start_waiting(sessions: sessionmaker, policy: Policy) -> list[tuple[str, str, str]]:

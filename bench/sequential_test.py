@@ -1,5 +1,6 @@
 """Error rates of the A/B test (adapters/sequential.py) by simulation, against the naive
-baseline: a two-proportion z-test at the same alpha, checked at every look.
+baseline: a two-proportion z-test at the same alpha, checked at every look; and with the
+prior centred on +0.1 (a canary the gate's reward model preferred).
 
     python bench/sequential_test.py [--sims 2000]
 
@@ -52,17 +53,19 @@ def main() -> None:
     parser.add_argument("--ratings", type=int, default=3000)
     parser.add_argument("--every", type=int, default=10)
     args = parser.parse_args()
-    rules = {"mSPRT": lambda a, b: decide(a, b, alpha=ALPHA).decision, "naive z-test": naive}
+    rules = {"mSPRT": lambda a, b: decide(a, b, alpha=ALPHA).decision,
+             "mSPRT prior +0.1": lambda a, b: decide(a, b, alpha=ALPHA, prior_mean=0.1).decision,
+             "naive z-test": naive}
     scenarios = [("A/A 0.60 vs 0.60, 50% canary", 0.6, 0.6, 0.5), ("A/A 0.60 vs 0.60, 10% canary", 0.6, 0.6, 0.1),
                  ("A/A 0.90 vs 0.90, 50% canary", 0.9, 0.9, 0.5),
                  ("better 0.50 -> 0.60, 50%", 0.5, 0.6, 0.5), ("better 0.50 -> 0.65, 50%", 0.5, 0.65, 0.5),
                  ("better 0.50 -> 0.65, 10%", 0.5, 0.65, 0.1), ("worse 0.65 -> 0.50, 50%", 0.65, 0.5, 0.5)]
     print(f"{args.sims} simulated experiments each, up to {args.ratings} ratings, a look every {args.every}")
-    print(f"{'scenario':32} {'rule':13} {'promoted':>9} {'rolled back':>12} {'median ratings':>15}")
+    print(f"{'scenario':32} {'rule':17} {'promoted':>9} {'rolled back':>12} {'median ratings':>15}")
     for i, (name, p_a, p_b, share) in enumerate(scenarios):
         for rule_name, rule in rules.items():
             promote, rollback, median = run(rule, p_a, p_b, share, args.sims, args.ratings, args.every, seed=i)
-            print(f"{name:32} {rule_name:13} {promote:9.3f} {rollback:12.3f} {median if median else '-':>15}")
+            print(f"{name:32} {rule_name:17} {promote:9.3f} {rollback:12.3f} {median if median else '-':>15}")
 
 
 if __name__ == "__main__":

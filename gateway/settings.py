@@ -32,6 +32,8 @@ class ExperimentSettings(BaseModel):
 
     check_interval_s: float = Field(10.0, description="How often running experiments are judged.")
     auto_start: bool = Field(True, description="Approved versions trained for an alias start an experiment.")
+    supersede_factor: float = Field(2.0, description="A newer approved candidate that learned from this many times "
+                                    "the canary's feedback replaces it while its test is undecided (0: never).")
     alpha: float = Field(0.05, description="Chance of a decision when the canary is no different.")
     tau: float = Field(0.1, description="Thumbs-up rate difference the test is tuned to detect.")
     complaint_tau: float = Field(0.03, description="Thumbs-down per served answer difference, likewise.")
@@ -50,7 +52,7 @@ class ExperimentSettings(BaseModel):
 
         return Policy(alpha=self.alpha, tau=self.tau, complaint_tau=self.complaint_tau, min_ratings=self.min_ratings,
                       prior_lift=self.prior_lift,
-                      auto_start=self.auto_start,
+                      auto_start=self.auto_start, supersede_factor=self.supersede_factor,
                       default_share=self.default_share, default_max_hours=self.default_max_hours,
                       guardrail_min_requests=self.guardrail_min_requests,
                       max_error_rate_increase=self.max_error_rate_increase,

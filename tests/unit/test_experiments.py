@@ -530,3 +530,42 @@ def test_a_canary_the_pre_screen_preferred_is_promoted_on_fewer_ratings(gw: Gate
         # the prior is no licence: a canary the users like less is still rolled back
         worse = {"champion": one_sided(2000, 0.5), "canary": one_sided(2000, 0.2)}
         assert experiments.judge(experiment, worse, POLICY, utcnow(), prior=POLICY.prior_lift)[0] == "rollback"
+
+
+def test_an_undecided_canary_makes_way_for_a_candidate_trained_on_twice_the_feedback(gw: Gateway, db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Sparse thumbs leave a no-better canary undecided until the deadline while newer
+    candidates wait. Once each arm has its minimum of ratings, an approved candidate for the
+    alias that learned from >= 2x the canary's feedback replaces it (a rollback: the champion
+    keeps serving), and its own experiment starts. One with less data than that waits."""
+    from tests.fake_vllm import BASE
+    from tests.unit.harness import fake_adapter
+
+    def trained(seed: int, liked: int, disliked: int) -> str:
+        with db.begin() as session:
+            version = registry.register(session, fake_adapter(tmp_path / f"run{seed}", seed), gw.settings.adapter_store,
+                                        BASE, prefix="kto", state=AdapterState.approved)
+            version.provenance = {"config": {"alias": "fresh"}, "examples": liked + disliked,
+                                  "method_choice": {"chose": "kto", "pairs": 0, "liked": liked, "disliked": disliked}}
+            return version.name
+
+    with db.begin() as session:
+        registry.lock_alias(session, "fresh", create=True)
+    first = trained(11, 36, 65)
+    policy = experiments.Policy(default_share=0.5, min_ratings=5)
+    assert experiments.judge_all(db, policy) == [("fresh", "start", first)]
+    refresh(gw)
+    for i in range(30):  # both arms rated alike: undecided
+        response = chat(gw.sdk(), "fresh", user=f"u{i}")
+        rate(gw, id=response.parse().id, rating="up" if i % 2 else "down")
+    refresh(gw)
+    trained(12, 60, 100)  # 160 < 2 x 101: not enough more to cut the first one's test short
+    assert experiments.judge_all(db, policy) == [("fresh", "continue", "")]
+    third = trained(13, 135, 238)
+    ((_, decision, why), started) = experiments.judge_all(db, policy)
+    assert decision == "rollback" and third in why and "superseded" in why, why
+    assert started == ("fresh", "start", third)  # the newest approved one, not the 160-thumb one
+    assert state_of(db, first) == AdapterState.retired
+    # an operator's policy without auto-start keeps its experiments to itself
+    fourth = trained(14, 1000, 1000)
+    manual = experiments.Policy(default_share=0.5, min_ratings=0, auto_start=False)
+    assert experiments.judge_all(db, manual) == [("fresh", "continue", "")] and state_of(db, fourth) == AdapterState.approved
