@@ -46,6 +46,7 @@ An operator's promote, rollback, pause or resume overrides it; every action is a
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
@@ -75,7 +76,7 @@ class Policy:
     max_latency_ratio: float = 2.0  # canary mean latency over the champion's times this...
     min_latency_increase_ms: float = 100.0  # ...and slower by at least this (2 ms vs 5 ms is no regression)
     auto_start: bool = True  # approved versions trained for an alias start an experiment by themselves
-    supersede_factor: float = 2.0  # a newer candidate with this many times the feedback replaces an undecided canary (0: never)
+    supersede_factor: float = 2.0  # newer candidate with this many times the feedback replaces an undecided canary
     default_share: float = 0.1
     default_max_hours: float = 72.0
 
@@ -199,12 +200,19 @@ def arm_numbers(session: Session, experiment: Experiment) -> dict[str, ArmNumber
 
 
 def prior_mean(session: Session, experiment: Experiment, policy: Policy) -> float:
-    """+prior_lift when the canary's gate report says a gated reward model preferred it to the
-    champion on held-out prompts, else 0. Fixed before any user saw the canary, so it cannot
-    depend on the experiment's own data (which would void the test's error bound)."""
+    """+prior_lift when the canary's gate report says a gated reward model preferred it to
+    THIS experiment's champion on held-out prompts, else 0. Read once, at the first judging,
+    then kept in the experiment's stats: it must not change while the test runs, nor depend
+    on the experiment's own data (either would void the test's error bound)."""
+    if experiment.stats and "prior_mean" in experiment.stats:
+        return float(experiment.stats["prior_mean"])
     version = session.get(AdapterVersion, experiment.canary)
-    win_rate = (((version.eval_report if version else None) or {}).get("metrics") or {}).get("win_rate")
-    return policy.prior_lift if isinstance(win_rate, (int, float)) and win_rate > 0.5 else 0.0
+    if version is None or (version.provenance or {}).get("gate_champion", "?") != experiment.champion:
+        return 0.0  # compared with another champion (or not recorded): the pre-screen says nothing here
+    win_rate = ((version.eval_report or {}).get("metrics") or {}).get("win_rate")
+    preferred = isinstance(win_rate, (int, float)) and not isinstance(win_rate, bool) and \
+        math.isfinite(win_rate) and win_rate > 0.5
+    return policy.prior_lift if preferred else 0.0
 
 
 def judge(experiment: Experiment, numbers: dict[str, ArmNumbers], policy: Policy,

@@ -38,7 +38,7 @@ class ExperimentSettings(BaseModel):
     tau: float = Field(0.1, description="Thumbs-up rate difference the test is tuned to detect.")
     complaint_tau: float = Field(0.03, description="Thumbs-down per served answer difference, likewise.")
     min_ratings: int = Field(30, description="Ratings per arm before the test may decide.")
-    prior_lift: float = Field(0.1, description="The share test's prior is centred on this thumbs-up rate "
+    prior_lift: float = Field(0.1, ge=0, le=0.5, description="The share test's prior is centred on this thumbs-up rate "
                               "difference when the gate's reward model preferred the canary (0: never).")
     default_share: float = Field(0.1, description="Canary share of users when none is given.")
     default_max_hours: float = Field(72.0, description="An experiment undecided this long rolls back.")

@@ -115,22 +115,26 @@ def best_answers(cfg: TrainConfig, base_model: str, champion: Path | None, judge
         policy = PeftModel.from_pretrained(policy, champion)
     policy.eval()
     stop = policy.generation_config.eos_token_id  # one id, or several (Llama 3 has two)
-    ends = torch.tensor(stop if isinstance(stop, list) else [stop if stop is not None else tokenizer.eos_token_id])
+    ends = [i for i in (stop if isinstance(stop, list) else [stop, tokenizer.eos_token_id]) if i is not None]
+    if not ends:
+        raise ValueError(f"{base_model}: no end-of-sequence token, so no sampled answer could be told finished")
     judge = RewardModel(base_model, judge_dir)
     torch.manual_seed(cfg.seed)
-    kept, all_scores, best_scores = [], [], []
+    kept, all_scores, best_scores, drawn = [], [], [], 0
     for prompt in prompts:
         ids: Any = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)
         with torch.no_grad():
             out = policy.generate(**ids, do_sample=True, temperature=1.0, max_new_tokens=cfg.sample_max_new_tokens,
-                                  num_return_sequences=cfg.generations, pad_token_id=tokenizer.pad_token_id)
+                                  num_return_sequences=cfg.generations, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=ends)
         generated = out[:, ids["input_ids"].shape[1]:]
         # An answer cut off at the token limit is unfinished: trained on (with an end of turn
         # appended) it would teach the adapter to stop mid-sentence. Only finished ones compete.
-        finished = torch.isin(generated, ends).any(dim=1).tolist()
-        answers = [a for a, done in zip(tokenizer.batch_decode(generated, skip_special_tokens=True), finished)
-                   if done]
+        finished = torch.isin(generated, torch.tensor(ends)).any(dim=1).tolist()
+        drawn += len(finished)
+        decoded = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        answers = [a for a, done in zip(decoded, finished, strict=True) if done]
         if not answers:
             continue
         scores = [judge.score(prompt, a) for a in answers]
@@ -138,7 +142,8 @@ def best_answers(cfg: TrainConfig, base_model: str, champion: Path | None, judge
         all_scores += scores
         best_scores.append(scores[best])
         kept.append({"messages": [*prompt, {"role": "assistant", "content": answers[best].strip()}]})
-    return kept, {"sampled": float(len(all_scores)), "prompts_kept": float(len(kept)), "mean_score_all": sum(all_scores) / max(len(all_scores), 1),
+    return kept, {"sampled": float(drawn), "finished": float(len(all_scores)), "prompts_kept": float(len(kept)),
+                  "mean_score_all": sum(all_scores) / max(len(all_scores), 1),
                   "mean_score_kept": sum(best_scores) / max(len(best_scores), 1)}
 
 

@@ -48,7 +48,8 @@ MAX_KTO_WEIGHT = 10.0  # past this, a handful of rare-label examples would domin
 def kto_weights(liked: int, disliked: int) -> tuple[float, float]:
     """(desirable_weight, undesirable_weight) that balance the labels 1:1, both >= 1 (TRL's
     advice: weighted desirable to undesirable between 1 and 4/3), the rarer label's weight
-    at most MAX_KTO_WEIGHT (1 liked among 300 disliked gets 10, not 300)."""
+    at most MAX_KTO_WEIGHT (1 liked among 300 disliked gets 10, not 300: past the cap the
+    balance stays off TRL's range, which beats a few examples steering every step)."""
     if not liked or not disliked:
         return 1.0, 1.0
     if liked < disliked:

@@ -218,13 +218,18 @@ def _sha256_lines(examples: list[dict]) -> str:
     return digest.hexdigest()
 
 
-def current_champion(db_url: str, alias: str) -> Path | None:
+def champion_of(db_url: str, alias: str) -> tuple[str | None, Path | None]:
+    """The alias's champion: (version name, adapter folder); (None, None) for the base model."""
     from adapters import registry
 
     with _session(db_url) as session:
         table = registry.snapshot(session)
     champion = table.aliases.get(alias)
-    return Path(table.versions[champion]) if champion in table.versions else None
+    return (champion, Path(table.versions[champion])) if champion in table.versions else (None, None)
+
+
+def current_champion(db_url: str, alias: str) -> Path | None:
+    return champion_of(db_url, alias)[1]
 
 
 def reward_model_for(cfg: TrainConfig, db_url: str, base_model: str) -> Path | None:
@@ -261,7 +266,7 @@ def _session(db_url: str) -> Iterator[Any]:
 
 
 def judge(cfg: TrainConfig, base_model: str, adapter: Path, data: dict[str, list[dict]], prompts: list,
-          reward: Path | None, db_url: str):  # type: ignore[no-untyped-def]
+          reward: Path | None, db_url: str, champion: Path | None = None):  # type: ignore[no-untyped-def]
     """The gate's verdict on the scratch adapter (trainer/gate.py)."""
     from trainer.gate import evaluate, evaluate_reward_model
 
@@ -277,7 +282,7 @@ def judge(cfg: TrainConfig, base_model: str, adapter: Path, data: dict[str, list
         reference = [json.loads(line)["messages"] for line in Path(cfg.reference_data).read_text().splitlines()
                      if line.strip()]
     return evaluate(base_model, adapter, data["heldout"] if cfg.method == "dpo" else [], prompts,
-                    reward_model=reward, champion=current_champion(db_url, cfg.alias), reference=reference)
+                    reward_model=reward, champion=champion, reference=reference)
 
 
 def resolve_method(cfg: TrainConfig, db_url: str) -> tuple[TrainConfig, dict | None]:
@@ -314,7 +319,7 @@ def resolve_method(cfg: TrainConfig, db_url: str) -> tuple[TrainConfig, dict | N
 def best_of_n_examples(cfg: TrainConfig, base_model: str, data: dict[str, list[dict]], scratch: Path,
                        db_url: str) -> tuple[list[dict], Path | None, dict]:
     """(SFT examples, the gated judge, figures) for best-of-n (trainer/best_of_n.py); no
-    examples when the judge failed its gate."""
+    examples and no judge when the judge failed its gate or no sampled answer finished."""
     from trainer import best_of_n
 
     judge_dir, figures = best_of_n.train_judge(cfg, base_model, data["train"], data["heldout"],
@@ -324,7 +329,7 @@ def best_of_n_examples(cfg: TrainConfig, base_model: str, data: dict[str, list[d
     prompts = best_of_n.distinct_prompts(data["train"], cfg.sample_prompts, cfg.seed)
     examples, sampled = best_of_n.best_answers(cfg, base_model, current_champion(db_url, cfg.alias), judge_dir,
                                                prompts)
-    return examples, judge_dir, figures | sampled
+    return examples, (judge_dir if examples else None), figures | sampled
 
 
 def main(cfg: TrainConfig) -> TrainResult:
@@ -366,17 +371,22 @@ def main(cfg: TrainConfig) -> TrainResult:
             # the judge that picked the training answers), else the judge itself.
             heldout, reward = [], reward or judge_dir
             if judge_dir is None and choice is None:
-                raise SystemExit(f"best-of-n: the reward model failed its gate ({extra['best_of_n']}): "
-                                 "more ratings of both kinds are needed")
+                raise SystemExit(f"best-of-n: the reward model failed its gate, or no sampled answer finished "
+                                 f"within --sample-max-new-tokens ({extra['best_of_n']}): more ratings of both "
+                                 "kinds are needed, or a larger token limit")
             if judge_dir is None and choice is not None:  # auto: too few or too noisy thumbs to judge by
                 cfg = with_kto_weights(replace(cfg, method="kto", learning_rate=0.0 if cfg.learning_rate ==
                                                DEFAULT_LEARNING_RATE["best-of-n"] else cfg.learning_rate),
                                        data["train"])
                 examples, heldout = data["train"], data["heldout"]
-                choice |= {"chose": "kto", "why": choice["why"] + "; its judge failed its gate, so KTO"}
+                choice |= {"chose": "kto", "why": choice["why"] + "; its judge failed its gate (or no sample "
+                           "finished), so KTO"}
         seconds, history, _ = train(cfg, examples, base_model, Path(scratch), prompts, heldout,
                                     reward if cfg.method == "grpo" else None)
-        report = judge(cfg, base_model, Path(scratch), data, prompts, reward, settings.db_url)
+        # what the gate's win rate compares with: the experiment's pre-screen prior holds only
+        # against that champion (adapters/experiments.py prior_mean)
+        extra["gate_champion"], champion = champion_of(settings.db_url, cfg.alias)
+        report = judge(cfg, base_model, Path(scratch), data, prompts, reward, settings.db_url, champion)
         provenance = json.loads((Path(scratch) / "loraloop-train.json").read_text())
         if choice is not None or extra:
             provenance |= extra | ({"method_choice": choice} if choice else {})

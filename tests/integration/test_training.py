@@ -142,9 +142,10 @@ def test_best_of_n_keeps_only_finished_answers_the_champion_sampled(demo_model: 
     judge_dir = judge or tmp_path / "judge"  # a 4-step judge may fail its AUC gate; its folder is written
     prompts = [e["prompt"] for e in thumbs[:6:2]]
     kept, stats = best_answers(cfg, str(demo_model), None, judge_dir, prompts)
-    assert len(kept) == stats["prompts_kept"] == 3 and stats["sampled"] <= 9
+    assert len(kept) == stats["prompts_kept"] == 3 and stats["finished"] <= stats["sampled"] == 9
     assert [example["messages"][:-1] for example in kept] == prompts
     # finished answers of the demo model read as answers to the request (a cut-off one does not)
-    assert sum(readable(p[0]["content"], e["messages"][-1]["content"]) is not None for e, p in zip(kept, prompts)) >= 2
+    replies = [(p[0]["content"], e["messages"][-1]["content"]) for e, p in zip(kept, prompts, strict=True)]
+    assert sum(readable(prompt, reply) is not None for prompt, reply in replies) >= 2
     cut_off, stats = best_answers(replace(cfg, sample_max_new_tokens=3), str(demo_model), None, judge_dir, prompts)
-    assert cut_off == [] and stats["prompts_kept"] == 0
+    assert cut_off == [] and stats["prompts_kept"] == stats["finished"] == 0 and stats["sampled"] == 9

@@ -511,9 +511,10 @@ def test_more_thumbs_up_with_more_complaints_is_no_promotion(gw: Gateway, db) ->
 
 
 def test_a_canary_the_pre_screen_preferred_is_promoted_on_fewer_ratings(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
-    """The gate's reward model preferring the canary on held-out prompts (win rate > 0.5)
-    centres the share test's prior on +prior_lift: the same numbers that leave a flat-prior
-    test undecided promote. A win rate at or below 0.5, or none, changes nothing."""
+    """The gate's reward model preferring the canary to THIS champion on held-out prompts (win
+    rate > 0.5) centres the share test's prior on +prior_lift: the same numbers that leave a
+    flat-prior test undecided promote. A win rate at or below 0.5 (or a bool), none, one measured against
+    another champion, or a change after the first judging changes nothing."""
     start(db, gw)
     numbers = {"champion": one_sided(1400, 0.5, 0.05, 0.15), "canary": one_sided(1400, 0.8, 0.05, 0.15)}
     with db.begin() as session:
@@ -521,15 +522,27 @@ def test_a_canary_the_pre_screen_preferred_is_promoted_on_fewer_ratings(gw: Gate
         assert experiments.prior_mean(session, experiment, POLICY) == 0.0  # no gate report
         assert experiments.judge(experiment, numbers, POLICY, utcnow())[0] == "continue"
         canary = session.get(AdapterVersion, experiment.canary)
-        for win_rate, prior in ((0.5, 0.0), ("0.9", 0.0), (0.75, POLICY.prior_lift)):
+        for against, win_rate, prior in ((experiment.champion, 0.5, 0.0), (experiment.champion, True, 0.0),
+                                         (experiment.champion, None, 0.0), ("someone-else", 0.9, 0.0),
+                                         (experiment.champion, 0.75, POLICY.prior_lift)):
+            canary.provenance = {"gate_champion": against}
             canary.eval_report = {"passed": True, "reasons": [], "metrics": {"win_rate": win_rate}}
             session.flush()
-            assert experiments.prior_mean(session, experiment, POLICY) == prior
+            assert experiments.prior_mean(session, experiment, POLICY) == prior, (against, win_rate)
         decision, why, evidence = experiments.judge(experiment, numbers, POLICY, utcnow(), prior=POLICY.prior_lift)
         assert decision == "promote" and "pre-screen" in why and evidence["prior_mean"] == POLICY.prior_lift, why
         # the prior is no licence: a canary the users like less is still rolled back
         worse = {"champion": one_sided(2000, 0.5), "canary": one_sided(2000, 0.2)}
         assert experiments.judge(experiment, worse, POLICY, utcnow(), prior=POLICY.prior_lift)[0] == "rollback"
+    # the automatic judge reads it once and keeps it for the experiment's life
+    assert experiments.judge_all(db, POLICY)[0][1] == "continue"
+    with db.begin() as session:
+        experiment = session.scalars(select(Experiment)).one()
+        assert experiment.stats["prior_mean"] == POLICY.prior_lift
+        session.get(AdapterVersion, experiment.canary).eval_report = None  # type: ignore[union-attr]
+    experiments.judge_all(db, POLICY)
+    with db() as session:
+        assert session.scalars(select(Experiment)).one().stats["prior_mean"] == POLICY.prior_lift
 
 
 def test_an_undecided_canary_makes_way_for_a_candidate_trained_on_twice_the_feedback(gw: Gateway, db, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -568,4 +581,5 @@ def test_an_undecided_canary_makes_way_for_a_candidate_trained_on_twice_the_feed
     # an operator's policy without auto-start keeps its experiments to itself
     fourth = trained(14, 1000, 1000)
     manual = experiments.Policy(default_share=0.5, min_ratings=0, auto_start=False)
-    assert experiments.judge_all(db, manual) == [("fresh", "continue", "")] and state_of(db, fourth) == AdapterState.approved
+    assert experiments.judge_all(db, manual) == [("fresh", "continue", "")]
+    assert state_of(db, fourth) == AdapterState.approved
