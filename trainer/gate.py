@@ -81,10 +81,13 @@ def pair_metrics(model, tokenizer, pairs: list[dict], beta: float) -> dict[str, 
 
 
 def sample_metrics(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Sampled KL to the base, the share of samples the base finds implausible, repetition."""
+    """Sampled KL to the base, the share of samples the base finds implausible, repetition,
+    over `cfg.samples_per_prompt` answers to each prompt (one batched generate per prompt)."""
     import torch
 
     torch.manual_seed(cfg.seed)
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
     kls, implausible, repeated = [], 0, []
     tokenizer.padding_side = "left"
     for messages in prompts:
@@ -92,19 +95,24 @@ def sample_metrics(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> dic
                                             return_dict=True)
         with torch.no_grad():
             out = model.generate(**ids, do_sample=True, temperature=1.0, top_p=1.0,
-                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+                                 max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                 num_return_sequences=cfg.samples_per_prompt)
         start = ids["input_ids"].shape[1]
-        mask = torch.ones_like(out)
-        policy = _sequence_logps(model, out, mask, start)[0]
+        # each answer ends at its first end-of-sequence token; what follows is padding
+        is_eos = torch.isin(out[:, start:], eos).long()
+        answer_mask = (is_eos.cumsum(1) - is_eos) == 0
+        mask = torch.cat([torch.ones_like(out[:, :start]), answer_mask.long()], 1)
+        policy = _sequence_logps(model, out, mask, start)
         with model.disable_adapter():
-            ref = _sequence_logps(model, out, mask, start)[0]
-        n = max(len(policy), 1)
-        kls.append(float((policy - ref).sum()))
-        implausible += float(-ref.sum() / n) > cfg.implausible_nll
-        tokens = out[0, start:].tolist()
-        grams = [tuple(tokens[i:i + 4]) for i in range(max(len(tokens) - 3, 0))]
-        repeated.append(1 - len(set(grams)) / len(grams) if grams else 0.0)
-    return {"sampled_kl": sum(kls) / len(kls), "implausible_share": implausible / len(prompts),
+            ref = _sequence_logps(model, out, mask, start)
+        for row in range(out.shape[0]):
+            n = max(int(answer_mask[row].sum()), 1)
+            kls.append(float((policy[row] - ref[row]).sum()))
+            implausible += float(-ref[row].sum() / n) > cfg.implausible_nll
+            tokens = out[row, start:][answer_mask[row]].tolist()
+            grams = [tuple(tokens[i:i + 4]) for i in range(max(len(tokens) - 3, 0))]
+            repeated.append(1 - len(set(grams)) / len(grams) if grams else 0.0)
+    return {"sampled_kl": sum(kls) / len(kls), "implausible_share": implausible / len(kls),
             "repetition": sum(repeated) / len(repeated)}
 
 
