@@ -8,7 +8,7 @@ Checks, on held-out data the run never trained on:
 3. anti-collapse, with no reward model: the candidate samples answers to held-out prompts
    and the adapter-disabled base judges them. Sampled KL (mean of log pi - log pi_ref per
    sample), the share of samples the base finds implausible (NLL > 1 nat/token), and
-   repetition. Measured on this project's demo model (shared/FACTS.md): teacher-forced
+   repetition. Measured on this project's demo model (DPO, KTO and RPO runs): teacher-forced
    metrics stay healthy while a collapsed adapter's samples are garbage; these numbers
    separated healthy (KL <= 0.68, share <= 0.08) from collapsed (KL >= 7, share >= 0.39).
 4. forgetting: the candidate's perplexity on reference conversations (an operator's file,

@@ -95,8 +95,8 @@ def load_examples(cfg: TrainConfig, db_url: str) -> dict[str, list[dict]]:
 
 def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: ignore[no-untyped-def]
     """A TrainerCallback that runs the gate's collapse check every `every` steps and, at the
-    end, puts back the LoRA weights of the last checkpoint that passed it (shared/FACTS.md:
-    DPO's teacher-forced metrics keep improving after its samples have turned to garbage)."""
+    end, puts back the LoRA weights of the last checkpoint that passed it (measured on
+    the demo model: DPO's teacher-forced metrics keep improving after its samples have turned to garbage)."""
     from transformers import TrainerCallback
 
     from trainer.gate import sample_metrics

@@ -51,7 +51,7 @@ def test_a_sound_candidate_passes(demo_model: Path, sound: Path) -> None:
 def test_an_overtrained_candidate_is_refused_though_its_preference_metrics_look_great(
         demo_model: Path, collapsed: Path) -> None:
     """DPO pushed too far: held-out preference accuracy stays perfect while samples turn to
-    garbage (shared/FACTS.md). Only the sample-based checks can tell."""
+    garbage (measured on the demo model, 75-100 steps in). Only the sample-based checks can tell."""
     report = evaluate(str(demo_model), collapsed, HELDOUT, PROMPTS)
     assert report.metrics["pair_accuracy"] >= 0.9  # what a reward-accuracy gate would wave through
     assert not report.passed
