@@ -87,19 +87,21 @@ def sample_metrics(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> dic
 
     torch.manual_seed(cfg.seed)
     eos = model.generation_config.eos_token_id
-    eos = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id])
+    eos = eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id]
+    # (the training guard runs this on the training model: on CUDA there)
+    eos_ids = torch.tensor([e for e in eos if e is not None], dtype=torch.long, device=model.device)
     kls, implausible, repeated = [], 0, []
     tokenizer.padding_side = "left"
     for messages in prompts:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)
+                                            return_dict=True).to(model.device)
         with torch.no_grad():
             out = model.generate(**ids, do_sample=True, temperature=1.0, top_p=1.0,
                                  max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                  num_return_sequences=cfg.samples_per_prompt)
         start = ids["input_ids"].shape[1]
         # each answer ends at its first end-of-sequence token; what follows is padding
-        is_eos = torch.isin(out[:, start:], eos).long()
+        is_eos = torch.isin(out[:, start:], eos_ids).long()  # no EOS known: answers end at the limit
         answer_mask = (is_eos.cumsum(1) - is_eos) == 0
         mask = torch.cat([torch.ones_like(out[:, :start]), answer_mask.long()], 1)
         policy = _sequence_logps(model, out, mask, start)

@@ -114,7 +114,8 @@ def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: 
             metrics = sample_metrics(model, tokenizer, prompts, gate)
             model.train()
             healthy = metrics["sampled_kl"] <= gate.max_sampled_kl and \
-                metrics["implausible_share"] < gate.max_implausible_share
+                metrics["implausible_share"] < gate.max_implausible_share and \
+                metrics["repetition"] <= gate.max_repetition
             self.checks.append({"step": step, "healthy": healthy, **metrics})
             self.last_healthy = healthy
             if healthy:
