@@ -28,6 +28,8 @@ from typing import Any
 
 from trainer.train_config import TrainConfig
 
+JUDGE_MAX_STEPS = 400
+
 
 def is_chat(example: dict) -> bool:
     """A chat example (turns as dicts); completions-API thumbs (plain text) are not judged."""
@@ -82,7 +84,12 @@ def train_judge(cfg: TrainConfig, base_model: str, train: list[dict], heldout: l
     pairs = label_pairs(train, cfg.seed)
     if not pairs:
         return None, {"judge_pairs": 0.0}
-    trainer = build_trainer(TrainConfig(method="reward", steps=cfg.reward_model_steps or 60, seed=cfg.seed,
+    # Two passes over the pairs (at least the configured steps, at most 400): on 740 realistic
+    # thumbs of a request-dependent taste (848 pairs), 60 steps ranked held-out answers by the
+    # TRUE taste at AUC 0.76, 200 steps at 0.86, 400 at 0.90 (bench/README.md).
+    batch = TrainConfig.batch_size
+    steps = max(cfg.reward_model_steps or 60, min(JUDGE_MAX_STEPS, math.ceil(2 * len(pairs) / batch)))
+    trainer = build_trainer(TrainConfig(method="reward", steps=steps, batch_size=batch, seed=cfg.seed,
                                         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, qlora=cfg.qlora),
                             base_model, out, pairs)
     trainer.train()
@@ -94,7 +101,8 @@ def train_judge(cfg: TrainConfig, base_model: str, train: list[dict], heldout: l
     measured = auc(scored)
     passed = measured >= GateConfig().min_reward_accuracy  # NaN (one label only) fails
     # None, not NaN: the figures go into JSON columns, and PostgreSQL's json refuses NaN
-    metrics: dict[str, float | None] = {"judge_pairs": float(len(pairs)), "judge_heldout": float(len(scored)),
+    metrics: dict[str, float | None] = {"judge_pairs": float(len(pairs)), "judge_steps": float(steps),
+                                        "judge_heldout": float(len(scored)),
                                         "judge_auc": None if math.isnan(measured) else measured}
     return (out if passed else None), metrics
 

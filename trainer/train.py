@@ -364,7 +364,8 @@ def main(cfg: TrainConfig) -> TrainResult:
     folder = contextlib.nullcontext(str(run.scratch)) if run is not None else \
         tempfile.TemporaryDirectory(dir=scratch_root, prefix=f"{cfg.method}-")
     with folder as scratch:
-        examples, heldout, extra = data["train"], data["heldout"], {}
+        examples, heldout = data["train"], data["heldout"]
+        extra: dict[str, Any] = {}  # what the provenance records besides the run's own figures
         if cfg.method == "best-of-n":
             examples, judge_dir, extra["best_of_n"] = best_of_n_examples(cfg, base_model, data, Path(scratch),
                                                                           settings.db_url)
