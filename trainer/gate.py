@@ -118,6 +118,21 @@ def sample_metrics(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> dic
             "repetition": sum(repeated) / len(repeated)}
 
 
+def collapse_reasons(metrics: dict[str, float], cfg: GateConfig) -> list[str]:
+    """Why `sample_metrics`' figures say the adapter collapsed (empty: healthy). The gate and
+    the training guard (trainer/train.py) share this verdict."""
+    reasons = []
+    if not math.isfinite(metrics["sampled_kl"]) or metrics["sampled_kl"] > cfg.max_sampled_kl:
+        reasons.append(f"sampled KL to the base {metrics['sampled_kl']:.2f} > {cfg.max_sampled_kl} "
+                       "(the adapter drifted far from the base: collapse or reward hacking)")
+    if metrics["implausible_share"] >= cfg.max_implausible_share:
+        reasons.append(f"{metrics['implausible_share']:.0%} of samples are implausible to the base "
+                       f"(limit {cfg.max_implausible_share:.0%}): degenerate output")
+    if metrics["repetition"] > cfg.max_repetition:
+        reasons.append(f"repetition {metrics['repetition']:.2f} > {cfg.max_repetition}")
+    return reasons
+
+
 def base_answers(model, tokenizer, prompts: list[Any], cfg: GateConfig) -> list[list[dict]]:  # type: ignore[no-untyped-def]
     """The base's own sampled answers to `prompts`, as conversations (adapter disabled)."""
     import torch
@@ -204,14 +219,7 @@ def evaluate(base_model: str, adapter_dir: Path, heldout_pairs: list[dict], held
             reasons.append(f"held-out preference accuracy {metrics['pair_accuracy']:.2f} "
                            f"< {cfg.min_pair_accuracy:.2f}")
     metrics |= sample_metrics(model, tokenizer, heldout_prompts, cfg)
-    if not math.isfinite(metrics["sampled_kl"]) or metrics["sampled_kl"] > cfg.max_sampled_kl:
-        reasons.append(f"sampled KL to the base {metrics['sampled_kl']:.2f} > {cfg.max_sampled_kl} "
-                       "(the adapter drifted far from the base: collapse or reward hacking)")
-    if metrics["implausible_share"] >= cfg.max_implausible_share:
-        reasons.append(f"{metrics['implausible_share']:.0%} of samples are implausible to the base "
-                       f"(limit {cfg.max_implausible_share:.0%}): degenerate output")
-    if metrics["repetition"] > cfg.max_repetition:
-        reasons.append(f"repetition {metrics['repetition']:.2f} > {cfg.max_repetition}")
+    reasons += collapse_reasons(metrics, cfg)
     # chat prompts only: a plain-text prompt (the completions API) has no turns to mask by
     reference = reference or base_answers(model, tokenizer, [p for p in heldout_prompts if isinstance(p, list)], cfg)
     if reference:

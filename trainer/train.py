@@ -99,7 +99,7 @@ def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: 
     the demo model: DPO's teacher-forced metrics keep improving after its samples have turned to garbage)."""
     from transformers import TrainerCallback
 
-    from trainer.gate import sample_metrics
+    from trainer.gate import collapse_reasons, sample_metrics
 
     gate = GateConfig()  # the gate's own settings and prompts: the same verdict as the gate's
 
@@ -113,9 +113,7 @@ def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: 
             model.eval()
             metrics = sample_metrics(model, tokenizer, prompts, gate)
             model.train()
-            healthy = metrics["sampled_kl"] <= gate.max_sampled_kl and \
-                metrics["implausible_share"] < gate.max_implausible_share and \
-                metrics["repetition"] <= gate.max_repetition
+            healthy = not collapse_reasons(metrics, gate)
             self.checks.append({"step": step, "healthy": healthy, **metrics})
             self.last_healthy = healthy
             if healthy:
