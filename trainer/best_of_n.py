@@ -38,16 +38,20 @@ def is_chat(example: dict) -> bool:
         all(isinstance(t, dict) for t in (*prompt, *completion))
 
 
-def label_pairs(labelled: list[dict], seed: int = 0, per_example: int = 2) -> list[dict]:
+def label_pairs(labelled: list[dict], seed: int = 0, per_example: int = 2, most: int | None = None) -> list[dict]:
     """Implicit-prompt preference pairs (`chosen`/`rejected` as whole conversations) from
     chat `prompt/completion/label` examples: each example of the more common label is used
-    `per_example` times, each time against a random one of the rarer label."""
+    `per_example` times, each time against a random one of the rarer label. With `most`, at
+    most that many pairs, from a random sample of the more common label (a judge trains a
+    bounded number of steps, so a million thumbs need not become two million pairs)."""
     liked = [e for e in labelled if e["label"] and is_chat(e)]
     disliked = [e for e in labelled if not e["label"] and is_chat(e)]
     if not liked or not disliked:
         return []
     rng = random.Random(seed)
     many, few = (liked, disliked) if len(liked) >= len(disliked) else (disliked, liked)
+    if most is not None and len(many) * per_example > most:
+        many = rng.sample(many, max(most // per_example, 1))
     pairs = []
     for i in range(len(many) * per_example):
         one, other = many[i % len(many)], rng.choice(few)
@@ -81,13 +85,14 @@ def train_judge(cfg: TrainConfig, base_model: str, train: list[dict], heldout: l
     from trainer.gate_config import GateConfig
     from trainer.reward_model import RewardModel, build_trainer
 
-    pairs = label_pairs(train, cfg.seed)
-    if not pairs:
-        return None, {"judge_pairs": 0.0}
     # Two passes over the pairs (at least the configured steps, at most 400): on 740 realistic
     # thumbs of a request-dependent taste (848 pairs), 60 steps ranked held-out answers by the
-    # TRUE taste at AUC 0.76, 200 steps at 0.86, 400 at 0.90 (bench/README.md).
+    # TRUE taste at AUC 0.76, 200 steps at 0.86, 400 at 0.90 (bench/README.md). More pairs
+    # than 400 steps pass over twice are never built.
     batch = TrainConfig.batch_size
+    pairs = label_pairs(train, cfg.seed, most=JUDGE_MAX_STEPS * batch // 2)
+    if not pairs:
+        return None, {"judge_pairs": 0.0}
     steps = max(cfg.reward_model_steps or 60, min(JUDGE_MAX_STEPS, math.ceil(2 * len(pairs) / batch)))
     trainer = build_trainer(TrainConfig(method="reward", steps=steps, batch_size=batch, seed=cfg.seed,
                                         lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, qlora=cfg.qlora),

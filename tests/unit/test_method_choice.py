@@ -60,6 +60,18 @@ def test_the_judge_learns_from_every_thumb_paired_liked_over_disliked() -> None:
     assert label_pairs(thumbs[:3]) == []  # one label only: nothing to rank
 
 
+def test_the_judges_pairs_are_bounded_however_many_thumbs_there_are() -> None:
+    """A million thumbs must not become two million pairs in memory: the judge trains a
+    bounded number of steps, so pairs past what it can see are never built."""
+    thumbs = [example(f"q{i}", f"good {i}", True) for i in range(5000)] + \
+             [example(f"q{i}", f"bad {i}", False) for i in range(300)]
+    pairs = label_pairs(thumbs, per_example=2, most=1000)
+    assert len(pairs) == 1000
+    assert len({p["chosen"][-1]["content"] for p in pairs}) == 500  # a sample of the common label, each twice
+    assert {p["chosen"][-1]["content"] for p in pairs} != {f"good {i}" for i in range(500)}  # not the first ones
+    assert label_pairs(thumbs[:10] + thumbs[-10:], most=1000) == label_pairs(thumbs[:10] + thumbs[-10:])
+
+
 def test_auc_counts_pairs_ranked_right_with_ties_half() -> None:
     assert auc([(0.9, True), (0.1, False)]) == 1.0
     assert auc([(0.1, True), (0.9, False)]) == 0.0
