@@ -27,18 +27,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def sample(model, tokenizer, prompts: list[str], per_prompt: int, seed: int) -> list[list[str]]:  # type: ignore[no-untyped-def]
+def sample(model, tokenizer, prompts: list[str], per_prompt: int, seed: int,  # type: ignore[no-untyped-def]
+           batch: int = 32) -> list[list[str]]:
+    """`per_prompt` sampled answers to each prompt, `batch` prompts per generate call (left
+    padded: on this CPU a batch of 32 is several times faster than one prompt at a time)."""
     import torch
 
     torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
     out = []
-    for text in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i:i + batch]
+        ids = tokenizer.apply_chat_template([[{"role": "user", "content": t}] for t in chunk],
+                                            add_generation_prompt=True, padding=True, return_tensors="pt",
+                                            return_dict=True)
         with torch.no_grad():
             gen = model.generate(**ids, do_sample=True, temperature=1.0, max_new_tokens=64,
                                  num_return_sequences=per_prompt, pad_token_id=tokenizer.pad_token_id)
-        out.append(tokenizer.batch_decode(gen[:, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+        texts = tokenizer.batch_decode(gen[:, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        out += [texts[j * per_prompt:(j + 1) * per_prompt] for j in range(len(chunk))]
     return out
 
 

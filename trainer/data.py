@@ -122,6 +122,36 @@ def rated_answers(session: Session, cfg: DataConfig) -> Iterator[Answer]:
         yield _answer(row)
 
 
+def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, per_user: int) -> list[Any]:
+    """Up to `limit` distinct chat prompts sent to `alias` (of the training split, from what
+    `cfg` admits), rated or not, newest first, at most `per_user` from one end user. What
+    best-of-n samples answers for: it needs requests, not ratings, and users rate a few per
+    cent of what they ask, so their prompts outnumber their thumbs ~10 to 1. Requests that
+    named a version or the base (evaluations, comparisons) are not the alias's users. The
+    per-user cap keeps one client flooding requests from deciding what the next adapter
+    is trained on."""
+    i = Interaction.__table__
+    # (an opted-out key's rows: a NULL response, and a prompt that may be JSON null, not SQL NULL)
+    admitted = [i.c.requested_model == alias, i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat"]
+    if cfg.tenant is not None:
+        admitted.append(i.c.tenant == cfg.tenant)
+    if cfg.exclude_tenants:
+        admitted.append(i.c.tenant.not_in(cfg.exclude_tenants))
+    query = select(i.c.prompt, i.c.end_user).where(*admitted).order_by(i.c.created_at.desc(), i.c.id)
+    seen: dict[str, Any] = {}
+    cap = _Cap(per_user)
+    # Bounded read: `limit` prompts rarely need more than a few times as many rows.
+    for row in _stream(session, query.limit(limit * 20)):
+        if not row.prompt:
+            continue
+        key = prompt_key(row.prompt)
+        if key not in seen and _split(key, cfg) == "train" and cap.take(row.end_user):
+            seen[key] = row.prompt
+            if len(seen) >= limit:
+                break
+    return list(seen.values())
+
+
 def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
     """`cfg` restricted to the feedback that may train `alias` (see the module's rules)."""
     owners = dict(session.execute(select(Alias.name, Alias.tenant)).all())

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from trainer import best_of_n
 from trainer.gate_config import GateConfig
 from trainer.method_choice import choose, with_kto_weights
 from trainer.models import TARGET_MODULES, check_qlora
@@ -315,17 +316,33 @@ def resolve_method(cfg: TrainConfig, db_url: str) -> tuple[TrainConfig, dict | N
     return replace(cfg, method=method), {"requested": AUTO, "chose": method, "why": why, **counts}
 
 
+def served_prompts(cfg: TrainConfig, db_url: str) -> list[Any]:
+    """The alias's recent training-split chat prompts, rated or not (trainer.data.served_prompts)."""
+    from adapters.db import make_engine, make_sessionmaker
+    from trainer.data import DataConfig, for_alias
+    from trainer.data import served_prompts as recent
+
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
+                                                            cross_tenant=cfg.cross_tenant))
+        prompts = recent(session, data_cfg, cfg.alias, cfg.sample_prompts,
+                         per_user=max(1, cfg.sample_prompts // 10))
+    engine.dispose()
+    return prompts
+
+
 def best_of_n_examples(cfg: TrainConfig, base_model: str, data: dict[str, list[dict]], scratch: Path,
                        db_url: str) -> tuple[list[dict], Path | None, dict]:
     """(SFT examples, the gated judge, figures) for best-of-n (trainer/best_of_n.py); no
     examples and no judge when the judge failed its gate or no sampled answer finished."""
-    from trainer import best_of_n
-
     judge_dir, figures = best_of_n.train_judge(cfg, base_model, data["train"], data["heldout"],
                                                scratch / "reward-model")
     if judge_dir is None:
         return [], None, figures
     prompts = best_of_n.distinct_prompts(data["train"], cfg.sample_prompts, cfg.seed)
+    if not cfg.data and len(prompts) < cfg.sample_prompts:  # the store also has the prompts nobody rated
+        prompts = best_of_n.merge_prompts(prompts, served_prompts(cfg, db_url), cfg.sample_prompts)
     examples, sampled = best_of_n.best_answers(cfg, base_model, current_champion(db_url, cfg.alias), judge_dir,
                                                prompts)
     return examples, (judge_dir if examples else None), figures | sampled
@@ -374,6 +391,9 @@ def main(cfg: TrainConfig) -> TrainResult:
                 raise SystemExit(f"best-of-n: the reward model failed its gate, or no sampled answer finished "
                                  f"within --sample-max-new-tokens ({extra['best_of_n']}): more ratings of both "
                                  "kinds are needed, or a larger token limit")
+            if judge_dir is not None:
+                cfg = replace(cfg, steps=best_of_n.sft_steps(cfg, len(examples)))
+                extra["best_of_n"]["sft_steps"] = float(cfg.steps)
             if judge_dir is None and choice is not None:  # auto: too few or too noisy thumbs to judge by
                 cfg = with_kto_weights(replace(cfg, method="kto", learning_rate=0.0 if cfg.learning_rate ==
                                                DEFAULT_LEARNING_RATE["best-of-n"] else cfg.learning_rate),
@@ -393,7 +413,8 @@ def main(cfg: TrainConfig) -> TrainResult:
             (Path(scratch) / "loraloop-train.json").write_text(json.dumps(provenance, indent=2, default=str))
         (Path(scratch) / "loraloop-eval.json").write_text(report.to_json())
         if not cfg.register:
-            kept = scratch_root / Path(scratch).name.replace("-", "-done-", 1)
+            method, _, suffix = Path(scratch).name.rpartition("-")  # (tempfile's suffixes have no "-")
+            kept = scratch_root / f"{method}-done-{suffix}"
             Path(scratch).rename(kept)
             Path(scratch).mkdir()
             return TrainResult(kept, None, len(data["train"]), seconds, history, report.passed, report.reasons)

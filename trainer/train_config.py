@@ -46,7 +46,8 @@ class TrainConfig:
         "help": "GRPO's reward and the gate's judge: a reward version name or folder; empty: the newest approved."})
     generations: int = field(default=4, metadata={
         "help": "GRPO and best-of-n: answers sampled per prompt (GRPO's group; best-of-n keeps the best)."})
-    sample_prompts: int = field(default=160, metadata={"help": "best-of-n: most training prompts sampled."})
+    sample_prompts: int = field(default=640, metadata={
+        "help": "best-of-n: most prompts sampled (the thumbs' first, then recent unrated ones)."})
     sample_max_new_tokens: int = field(default=96, metadata={
         "help": "best-of-n: longest sampled answer in tokens; an answer cut off there is never kept."})
     desirable_weight: float = field(default=0.0, metadata={

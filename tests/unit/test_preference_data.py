@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.feedback import Rating, purge_before, purge_user, write_interactions, write_ratings
 from adapters.schema import Alias, Feedback, Interaction, utcnow
-from trainer.data import DataConfig, build, for_alias, prompt_key, report
+from trainer.data import DataConfig, build, for_alias, is_heldout, prompt_key, report, served_prompts
 
 
 class Store:
@@ -28,10 +28,11 @@ class Store:
         self.n = 0
 
     def answer(self, prompt: str, text: str, *, user: str = "u", regenerates: str | None = None,
-               logged: bool = True, version: str | None = "v1", age_days: int = 0, tenant: str = "t") -> str:
+               logged: bool = True, version: str | None = "v1", age_days: int = 0, tenant: str = "t",
+               model: str = "default") -> str:
         self.n += 1
         row = {"id": f"chatcmpl-{self.n}", "key_id": 1, "tenant": tenant, "end_user": user,
-               "requested_model": "default", "adapter_version": version, "arm": "champion", "kind": "chat",
+               "requested_model": model, "adapter_version": version, "arm": "champion", "kind": "chat",
                "prompt": [{"role": "user", "content": prompt}] if logged else None,
                "response": text if logged else None, "finish_reason": "stop", "status": 200,
                "prompt_tokens": 3, "completion_tokens": 5, "latency_ms": 1.0, "regenerates": regenerates,
@@ -234,6 +235,31 @@ def test_kto_and_sft_formats(store: Store) -> None:
         {("Vanilla sponge.", True), ("cake cake", False)}
     assert sft == [{"messages": [{"role": "user", "content": "Bake a cake"},
                                  {"role": "assistant", "content": "Vanilla sponge."}]}]
+
+
+def test_best_of_n_samples_for_the_prompts_users_sent_rated_or_not_capped_per_user(store: Store) -> None:
+    store.rate(store.answer("rated question", "yes", user="a"), 1)
+    for i in range(5):
+        store.answer(f"unrated question {i}", "maybe", user="a")
+    for i in range(30):
+        store.answer(f"flood {i}", "spam", user="flooder")
+    store.answer("someone else's", "hidden", user="b", tenant="other")
+    store.answer("secret", "unlogged", user="a", logged=False)
+    store.answer("unrated question 0", "again", user="c")  # a repeat is one prompt
+    store.answer("an evaluation", "pinned", user="eval", model="v1")  # named a version, not the alias
+    everything = DataConfig(heldout_fraction=0.0, tenant="t")
+    with store.session() as session:
+        prompts = served_prompts(session, everything, "default", limit=100, per_user=10)
+        texts = [p[0]["content"] for p in prompts]
+        assert len(texts) == len(set(texts))
+        assert sum(t.startswith("flood") for t in texts) == 10  # one client cannot fill the sample
+        assert {"rated question", "unrated question 0"} <= set(texts)
+        assert not {"someone else's", "secret", "an evaluation"} & set(texts)
+        assert texts[0] == "unrated question 0"  # newest first
+        assert len(served_prompts(session, everything, "default", limit=2, per_user=10)) == 2
+        half = DataConfig(heldout_fraction=0.5, tenant="t")
+        kept = {p[0]["content"] for p in served_prompts(session, half, "default", limit=100, per_user=100)}
+        assert kept and all(not is_heldout(prompt_key([{"role": "user", "content": t}]), 0.5) for t in kept)
 
 
 def test_unlogged_interactions_never_train(store: Store) -> None:
