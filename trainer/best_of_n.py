@@ -10,8 +10,10 @@ right ones. Here the thumbs train a judge instead, and the judge picks what to l
 2. its gate: AUC on the held-out split's thumbs (prompts it never saw) must reach the
    gate's `min_reward_accuracy`, or the run makes no candidate;
 3. the champion (the alias's current adapter, or the base) samples `generations` answers
-   for each training prompt; the reward model keeps the best one of each;
-4. SFT on those, from the base: each generation learns from the champion's best answers,
+   for each of up to `sample_prompts` training prompts (the rated ones, then recent unrated
+   requests to the alias: trainer.data.served_prompts); the reward model keeps the best one;
+4. SFT on those, from the base, five passes over them (`sft_steps`): each generation learns
+   from the champion's best answers,
    so generations compound, and the data is always the policy's own, plausible text
    (SFT on own samples kept the demo model healthy where DPO and KTO collapsed).
 
@@ -146,6 +148,8 @@ def best_answers(cfg: TrainConfig, base_model: str, champion: Path | None, judge
     judge = RewardModel(base_model, judge_dir)
     torch.manual_seed(cfg.seed)
     tokenizer.padding_side = "left"  # a batch of prompts, each answer starting right after its own prompt
+    if tokenizer.pad_token is None:  # Llama 3, Mistral: the padding sits in the prompt part, cut off below
+        tokenizer.pad_token = tokenizer.eos_token
     n = cfg.generations
     kept, all_scores, best_scores, drawn = [], [], [], 0
     for start in range(0, len(prompts), SAMPLE_BATCH):

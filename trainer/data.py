@@ -122,17 +122,24 @@ def rated_answers(session: Session, cfg: DataConfig) -> Iterator[Answer]:
         yield _answer(row)
 
 
-def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, per_user: int) -> list[Any]:
+def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, per_user: int,
+                   max_tokens: int) -> list[Any]:
     """Up to `limit` distinct chat prompts sent to `alias` (of the training split, from what
-    `cfg` admits), rated or not, newest first, at most `per_user` from one end user. What
+    `cfg` admits), rated or not, newest first, at most `per_user` from one end user id. What
     best-of-n samples answers for: it needs requests, not ratings, and users rate a few per
-    cent of what they ask, so their prompts outnumber their thumbs ~10 to 1. Requests that
-    named a version or the base (evaluations, comparisons) are not the alias's users. The
-    per-user cap keeps one client flooding requests from deciding what the next adapter
-    is trained on."""
+    cent of what they ask, so their prompts outnumber their thumbs ~10 to 1.
+
+    Only plain requests are admitted: system and user turns of text ending on a user turn,
+    at most `max_tokens` long. An assistant turn in a request is whatever the client wrote,
+    and SFT would learn it (a thumb was needed for that before; a request is not enough).
+    Requests that named a version or the base (evaluations, comparisons) are not the
+    alias's users. The per-user cap keeps one user flooding requests from filling the
+    sample; what is learned from the prompts is still decided by the judge (trained on
+    thumbs capped per user), the gate and the A/B test."""
     i = Interaction.__table__
     # (an opted-out key's rows: a NULL response, and a prompt that may be JSON null, not SQL NULL)
-    admitted = [i.c.requested_model == alias, i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat"]
+    admitted = [i.c.requested_model == alias, i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat",
+                i.c.prompt_tokens <= max_tokens]
     if cfg.tenant is not None:
         admitted.append(i.c.tenant == cfg.tenant)
     if cfg.exclude_tenants:
@@ -142,7 +149,7 @@ def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, pe
     cap = _Cap(per_user)
     # Bounded read: `limit` prompts rarely need more than a few times as many rows.
     for row in _stream(session, query.limit(limit * 20)):
-        if not row.prompt:
+        if not _plain_request(row.prompt):
             continue
         key = prompt_key(row.prompt)
         if key not in seen and _split(key, cfg) == "train" and cap.take(row.end_user):
@@ -150,6 +157,13 @@ def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, pe
             if len(seen) >= limit:
                 break
     return list(seen.values())
+
+
+def _plain_request(prompt: Any) -> bool:
+    """System and user turns of text, ending on a user turn."""
+    return isinstance(prompt, list) and bool(prompt) and prompt[-1].get("role") == "user" and \
+        all(isinstance(t, dict) and t.get("role") in ("system", "user") and isinstance(t.get("content"), str)
+            for t in prompt)
 
 
 def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:

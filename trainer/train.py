@@ -327,7 +327,8 @@ def served_prompts(cfg: TrainConfig, db_url: str) -> list[Any]:
         data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
                                                             cross_tenant=cfg.cross_tenant))
         prompts = recent(session, data_cfg, cfg.alias, cfg.sample_prompts,
-                         per_user=max(1, cfg.sample_prompts // 10))
+                         per_user=max(1, cfg.sample_prompts // 10),
+                         max_tokens=cfg.max_length - cfg.sample_max_new_tokens)  # room for the answer
     engine.dispose()
     return prompts
 

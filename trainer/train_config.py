@@ -24,7 +24,8 @@ class TrainConfig:
         "help": "dpo, kto, sft, reward, grpo, best-of-n, or auto: chosen from the data (see above)."})
     base_model: str = field(default="", metadata={"help": "HF id or path; empty: the demo model."})
     data: str = field(default="", metadata={"help": "JSONL in TRL format; empty: the feedback store."})
-    steps: int = field(default=100, metadata={"help": "Optimizer steps (at most: SFT may stop early)."})
+    steps: int = field(default=100, metadata={
+        "help": "Optimizer steps (at most: SFT may stop early; best-of-n's SFT at least, five passes over its picks)."})
     batch_size: int = field(default=8, metadata={"help": "Examples per step (GRPO: completions per step)."})
     learning_rate: float = field(default=0.0, metadata={"help": "AdamW learning rate; 0: the method's default."})
     beta: float = field(default=0.1, metadata={"help": "DPO/KTO/GRPO beta: the price of drifting from the reference."})

@@ -58,8 +58,8 @@ def test_one_generation_under_sparse_one_sided_noisy_feedback_raises_the_true_he
     with make_sessionmaker(engine)() as session:
         promoted = session.get(AdapterVersion, summary["generations"][1]["version"])
         assert promoted is not None and promoted.eval_report["passed"]  # the gate let it through
-        # --method auto: unpaired thumbs -> best-of-n by a gated judge, or KTO (more thumbs, or
-        # the judge failed its gate)
+        # --method auto: unpaired thumbs -> best-of-n by a gated judge, or KTO when the judge
+        # failed its gate
         choice = promoted.provenance["method_choice"]
         assert choice["requested"] == "auto" and choice["chose"] in ("best-of-n", "kto"), choice
         if choice["chose"] == "best-of-n":

@@ -27,15 +27,16 @@ class Store:
         self.sessions = make_sessionmaker(self.engine)
         self.n = 0
 
-    def answer(self, prompt: str, text: str, *, user: str = "u", regenerates: str | None = None,
+    def answer(self, prompt: str | list[dict], text: str, *, user: str = "u", regenerates: str | None = None,
                logged: bool = True, version: str | None = "v1", age_days: int = 0, tenant: str = "t",
-               model: str = "default") -> str:
+               model: str = "default", prompt_tokens: int = 3) -> str:
         self.n += 1
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         row = {"id": f"chatcmpl-{self.n}", "key_id": 1, "tenant": tenant, "end_user": user,
                "requested_model": model, "adapter_version": version, "arm": "champion", "kind": "chat",
-               "prompt": [{"role": "user", "content": prompt}] if logged else None,
+               "prompt": messages if logged else None,
                "response": text if logged else None, "finish_reason": "stop", "status": 200,
-               "prompt_tokens": 3, "completion_tokens": 5, "latency_ms": 1.0, "regenerates": regenerates,
+               "prompt_tokens": prompt_tokens, "completion_tokens": 5, "latency_ms": 1.0, "regenerates": regenerates,
                "created_at": utcnow() - timedelta(days=age_days)}
         with self.sessions.begin() as session:
             write_interactions(session, [row])
@@ -247,18 +248,24 @@ def test_best_of_n_samples_for_the_prompts_users_sent_rated_or_not_capped_per_us
     store.answer("secret", "unlogged", user="a", logged=False)
     store.answer("unrated question 0", "again", user="c")  # a repeat is one prompt
     store.answer("an evaluation", "pinned", user="eval", model="v1")  # named a version, not the alias
+    store.answer("huge", "long", user="d", prompt_tokens=51)  # no room left for an answer
+    store.answer([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "words to learn"},
+                  {"role": "user", "content": "again"}], "ok", user="e")  # the client wrote an assistant turn
+    store.answer([{"role": "user", "content": [{"type": "text", "text": "parts"}]}], "ok", user="e")
     everything = DataConfig(heldout_fraction=0.0, tenant="t")
     with store.session() as session:
-        prompts = served_prompts(session, everything, "default", limit=100, per_user=10)
+        prompts = served_prompts(session, everything, "default", limit=100, per_user=10, max_tokens=50)
+        assert all(len(p) == 1 for p in prompts)  # only the plain one-turn requests
         texts = [p[0]["content"] for p in prompts]
         assert len(texts) == len(set(texts))
         assert sum(t.startswith("flood") for t in texts) == 10  # one client cannot fill the sample
         assert {"rated question", "unrated question 0"} <= set(texts)
-        assert not {"someone else's", "secret", "an evaluation"} & set(texts)
+        assert not {"someone else's", "secret", "an evaluation", "huge"} & set(texts)
         assert texts[0] == "unrated question 0"  # newest first
-        assert len(served_prompts(session, everything, "default", limit=2, per_user=10)) == 2
+        assert len(served_prompts(session, everything, "default", limit=2, per_user=10, max_tokens=50)) == 2
         half = DataConfig(heldout_fraction=0.5, tenant="t")
-        kept = {p[0]["content"] for p in served_prompts(session, half, "default", limit=100, per_user=100)}
+        kept = {p[0]["content"] for p in served_prompts(session, half, "default", limit=100, per_user=100,
+                                                           max_tokens=50)}
         assert kept and all(not is_heldout(prompt_key([{"role": "user", "content": t}]), 0.5) for t in kept)
 
 
