@@ -38,7 +38,8 @@ class TrainConfig:
     qlora: bool = field(default=False, metadata={
         "help": "Load the base in 4-bit NF4 (bitsandbytes; CUDA GPUs only)."})
     check_every: int = field(default=20, metadata={
-        "help": "Steps between collapse checks; the last healthy checkpoint is what is kept (0: off)."})
+        "help": "Steps between collapse checks (at least; at most 6 checks a run); the last healthy checkpoint "
+                "is what is kept (0: off)."})
     heldout_fraction: float = field(default=0.1, metadata={
         "help": "Share of prompts (of a --data file) held out for the gate."})
     eval_every: int = field(default=20, metadata={"help": "SFT: steps between held-out validation losses (0: off)."})
