@@ -90,16 +90,20 @@ def is_heldout(key: str, fraction: float) -> bool:
     return int(key[:8], 16) / 0xFFFFFFFF < fraction
 
 
+def _tenant_filters(cfg: DataConfig) -> list[Any]:
+    """The interactions' tenant conditions of `cfg` (for_alias sets them)."""
+    i = Interaction.__table__
+    return ([i.c.tenant == cfg.tenant] if cfg.tenant is not None else []) + \
+        ([i.c.tenant.not_in(cfg.exclude_tenants)] if cfg.exclude_tenants else [])
+
+
 def _rated(cfg: DataConfig) -> Select:
     """The rated answers `cfg` admits, each once with its vote as `score` (a JOIN, no id list)."""
     i = Interaction.__table__
     admitted = [i.c.response.is_not(None), i.c.prompt.is_not(None), i.c.status == 200]
     if cfg.adapter_version is not None:
         admitted.append(i.c.adapter_version == cfg.adapter_version)
-    if cfg.tenant is not None:
-        admitted.append(i.c.tenant == cfg.tenant)
-    if cfg.exclude_tenants:
-        admitted.append(i.c.tenant.not_in(cfg.exclude_tenants))
+    admitted += _tenant_filters(cfg)
     v = votes(*admitted)  # the vote's window then ranks only these answers' ratings
     return (select(i.c.id, i.c.prompt, i.c.response, i.c.kind, i.c.end_user, i.c.adapter_version,
                    i.c.regenerates, i.c.created_at, v.c.rating.label("score"))
@@ -140,10 +144,7 @@ def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, pe
     # (an opted-out key's rows: a NULL response, and a prompt that may be JSON null, not SQL NULL)
     admitted = [i.c.requested_model == alias, i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat",
                 i.c.prompt_tokens <= max_tokens]
-    if cfg.tenant is not None:
-        admitted.append(i.c.tenant == cfg.tenant)
-    if cfg.exclude_tenants:
-        admitted.append(i.c.tenant.not_in(cfg.exclude_tenants))
+    admitted += _tenant_filters(cfg)
     query = select(i.c.prompt, i.c.end_user).where(*admitted).order_by(i.c.created_at.desc(), i.c.id)
     seen: dict[str, Any] = {}
     cap = _Cap(per_user)
