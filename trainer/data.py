@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -138,14 +139,22 @@ def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, pe
     and SFT would learn it (a thumb was needed for that before; a request is not enough).
     Requests that named a version or the base (evaluations, comparisons) are not the
     alias's users. The per-user cap keeps one user flooding requests from filling the
-    sample; what is learned from the prompts is still decided by the judge (trained on
-    thumbs capped per user), the gate and the A/B test."""
+    sample, and API keys take turns (each key's newest, then each key's second newest...),
+    so one client, however many user ids it invents or requests it sends, gets no more of
+    the sample than any other key with traffic; an app whose one key serves all its users
+    still gets it all. What is learned from the prompts is still decided by the judge
+    (trained on thumbs capped per user), the gate and the A/B test."""
     i = Interaction.__table__
     # (an opted-out key's rows: a NULL response, and a prompt that may be JSON null, not SQL NULL)
     admitted = [i.c.requested_model == alias, i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat",
                 i.c.prompt_tokens <= max_tokens]
     admitted += _tenant_filters(cfg)
-    query = select(i.c.prompt, i.c.end_user).where(*admitted).order_by(i.c.created_at.desc(), i.c.id)
+    turn = func.row_number().over(partition_by=i.c.key_id, order_by=(i.c.created_at.desc(), i.c.id.desc()))
+    ranked = select(i.c.prompt, i.c.end_user, i.c.key_id, i.c.created_at, turn.label("turn")).where(*admitted)
+    ranked_rows = ranked.subquery()
+    query = (select(ranked_rows.c.prompt, ranked_rows.c.end_user)
+             .where(ranked_rows.c.turn <= limit * 20)
+             .order_by(ranked_rows.c.turn, ranked_rows.c.created_at.desc(), ranked_rows.c.key_id))
     seen: dict[str, Any] = {}
     cap = _Cap(per_user)
     # Bounded read: `limit` prompts rarely need more than a few times as many rows.
@@ -321,6 +330,23 @@ def examples(session: Session, fmt: str, cfg: DataConfig) -> Iterator[tuple[str,
     """(split, example) in format `fmt` (dpo, kto or sft), streamed from the database."""
     for _, split, example in BUILDERS[fmt](session, cfg):
         yield split, example
+
+
+def sample_pairs(session: Session, cfg: DataConfig, most: int, seed: int = 0) -> list[dict]:
+    """A seeded uniform sample of at most `most` training-split DPO pairs (reservoir
+    sampling over the stream: the pairs come ordered by prompt text, so the first `most`
+    would all start alike; memory stays at `most` pairs however large the store)."""
+    rng, seen = random.Random(seed), 0
+    kept: list[dict] = []
+    for _, split, example in dpo_pairs(session, cfg):
+        if split != "train":
+            continue
+        seen += 1
+        if len(kept) < most:
+            kept.append(example)
+        elif (slot := rng.randrange(seen)) < most:
+            kept[slot] = example
+    return kept
 
 
 def build(session: Session, fmt: str, cfg: DataConfig) -> dict[str, list[dict]]:

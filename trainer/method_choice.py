@@ -1,8 +1,9 @@
 """`--method auto`: the method the data supports, chosen at the start of each run.
 
-    enough preference pairs (same prompt, or a regeneration)  -> dpo
-    unpaired thumbs, >= 8 of each kind                       -> best-of-n (kto if its judge fails)
-    thumbs-up only                                           -> sft
+    thumbs, >= 8 of each kind             -> best-of-n (its judge also learns from the pairs;
+                                             kto if the judge fails its gate)
+    preference pairs only (a --data file)  -> dpo, when there are at least --min-pairs
+    thumbs-up only                         -> sft
 
 Real feedback is mostly unpaired: users seldom send the same prompt twice, rate a few
 answers, and thumb down more than up. Measured on the same simulated thumbs (bench/methods.py,
@@ -20,6 +21,14 @@ best-of-n's judge scores each (request, answer), so it learns both. Best-of-n is
 that reaches the target on every taste; KTO stays the fallback when the judge fails its gate
 (too few or too noisy thumbs to rank by).
 
+Pairs (same prompt, or a disliked answer and its liked regeneration) no longer pick DPO
+when there are thumbs: both answers of every pair are thumbs too, so the judge sees them
+(as same-prompt comparisons, the clearest it gets), and best-of-n samples from the champion
+while DPO trains from the base. Measured live (formal-for-errands, realistic regime): once a
+best-of-n champion served at 0.81, the store held 92 pairs, past --min-pairs; DPO on them
+from the base made canaries liked 0.52 of the time live, two rolled back and one refused by
+the gate, and the loop stopped improving.
+
 KTO's weights follow TRL's advice for imbalanced labels: desirable_weight x liked and
 undesirable_weight x disliked in a ratio between 1:1 and 4:3; here 1:1, the rarer label
 weighted up, neither weight below 1.
@@ -36,11 +45,11 @@ MIN_EACH_LABEL = 8  # thumbs of each kind before a judge can learn anything
 
 def choose(pairs: int, liked: int, disliked: int, min_pairs: int) -> tuple[str, str]:
     """(method, why) for data with `pairs` training pairs and `liked`/`disliked` thumbs."""
-    if pairs >= min_pairs:
-        return "dpo", f"{pairs} preference pairs (>= {min_pairs}): DPO learns from them directly"
     if liked >= MIN_EACH_LABEL and disliked >= MIN_EACH_LABEL:
-        return "best-of-n", (f"{pairs} pairs (< {min_pairs}) but {liked} liked and {disliked} disliked answers: "
-                             "a reward model on the thumbs picks the champion's best samples")
+        return "best-of-n", (f"{liked} liked and {disliked} disliked answers ({pairs} of them paired): a reward "
+                             "model on the thumbs and pairs picks the champion's best samples")
+    if pairs >= min_pairs:
+        return "dpo", f"{pairs} preference pairs (>= {min_pairs}) and too few thumbs to judge by: DPO on the pairs"
     if liked:
         return "sft", f"only {liked} liked and {disliked} disliked answers: SFT on the liked ones"
     return "kto", f"no liked answers, {disliked} disliked: KTO learns what to avoid"

@@ -337,12 +337,30 @@ def served_prompts(cfg: TrainConfig, db_url: str) -> list[Any]:
     return prompts
 
 
+def same_prompt_pairs(cfg: TrainConfig, db_url: str, data: dict[str, list[dict]]) -> list[dict]:
+    """The training split's same-prompt and regeneration pairs for best-of-n's judge: the
+    `chosen/rejected` lines of a --data file, or a seeded sample of the store's (bounded
+    by what the judge can train on)."""
+    if cfg.data:
+        return [e for e in data["train"] if "chosen" in e]
+    from adapters.db import make_engine, make_sessionmaker
+    from trainer.data import DataConfig, for_alias, sample_pairs
+
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as session:
+        data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
+                                                            cross_tenant=cfg.cross_tenant))
+        pairs = sample_pairs(session, data_cfg, best_of_n.JUDGE_MAX_STEPS * cfg.batch_size // 2, cfg.seed)
+    engine.dispose()
+    return pairs
+
+
 def best_of_n_examples(cfg: TrainConfig, base_model: str, data: dict[str, list[dict]], scratch: Path,
                        db_url: str) -> tuple[list[dict], Path | None, dict]:
     """(SFT examples, the gated judge, figures) for best-of-n (trainer/best_of_n.py); no
     examples and no judge when the judge failed its gate or no sampled answer finished."""
     judge_dir, figures = best_of_n.train_judge(cfg, base_model, data["train"], data["heldout"],
-                                               scratch / "reward-model")
+                                               scratch / "reward-model", same_prompt_pairs(cfg, db_url, data))
     if judge_dir is None:
         return [], None, figures
     prompts = best_of_n.distinct_prompts(data["train"], cfg.sample_prompts, cfg.seed)

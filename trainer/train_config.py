@@ -57,7 +57,8 @@ class TrainConfig:
     undesirable_weight: float = field(default=0.0, metadata={
         "help": "KTO: weight of disliked answers; 0: set from the label balance."})
     min_pairs: int = field(default=64, metadata={
-        "help": "auto: DPO when the data has this many training pairs (same prompt or regeneration)."})
+        "help": "auto: DPO when the data has this many training pairs (same prompt or regeneration) "
+                "and too few thumbs for best-of-n's judge."})
     max_new_tokens: int = field(default=48, metadata={"help": "GRPO: longest sampled answer in tokens."})
     reward_model_steps: int = field(default=60, metadata={
         "help": "DPO without an approved reward model: steps of a gate-only one (0: no win-rate check)."})

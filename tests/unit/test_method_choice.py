@@ -7,14 +7,20 @@ import math
 
 import pytest
 
-from trainer.best_of_n import auc, distinct_prompts, label_pairs
+from trainer.best_of_n import auc, distinct_prompts, judge_pairs, judge_passes, label_pairs
 from trainer.method_choice import choose, kto_weights, with_kto_weights
 from trainer.train import parse_args
 from trainer.train_config import TrainConfig
 
 
-def test_auto_picks_dpo_for_pairs_best_of_n_for_unpaired_thumbs_and_sft_for_praise_only() -> None:
-    assert choose(pairs=80, liked=10, disliked=300, min_pairs=64)[0] == "dpo"
+def test_auto_picks_best_of_n_for_thumbs_dpo_for_pairs_alone_and_sft_for_praise_only() -> None:
+    # The live case: a best-of-n champion served, and the store held 92 pairs among 1,800
+    # thumbs. DPO from the base on those lost to the champion; the judge gets the pairs instead.
+    method, why = choose(pairs=92, liked=600, disliked=1200, min_pairs=64)
+    assert method == "best-of-n" and "92 of them paired" in why
+    assert choose(pairs=80, liked=10, disliked=300, min_pairs=64)[0] == "best-of-n"
+    assert choose(pairs=80, liked=0, disliked=0, min_pairs=64)[0] == "dpo"  # a pairs file
+    assert choose(pairs=80, liked=3, disliked=300, min_pairs=64)[0] == "dpo"  # too few liked for a judge
     # realistic feedback: few pairs, complaints outnumber praise
     method, why = choose(pairs=3, liked=35, disliked=110, min_pairs=64)
     assert method == "best-of-n" and "35 liked and 110 disliked" in why
@@ -115,3 +121,32 @@ def test_auto_on_a_file_counts_its_thumbs_and_refuses_what_it_cannot_read(tmp_pa
         data.write_text(text)
         with pytest.raises(SystemExit):
             resolve_method(TrainConfig(method="auto", data=str(data)), "sqlite://")
+
+
+def test_the_judge_learns_from_same_prompt_pairs_first_then_from_the_thumbs() -> None:
+    thumbs = [example(f"q{i}", f"good {i}", True) for i in range(3)] + \
+             [example(f"q{i}", f"bad {i}", False) for i in range(9)]
+    same_prompt = [{"prompt": [{"role": "user", "content": f"r{i}"}], "chosen": [{"role": "assistant", "content":
+                    f"regenerated {i}"}], "rejected": [{"role": "assistant", "content": f"first {i}"}]}
+                   for i in range(4)]
+    completions_api = {"prompt": "text", "chosen": "a", "rejected": "b"}  # plain text: not the chat judge's
+    pairs, explicit = judge_pairs(thumbs, [*same_prompt, completions_api], most=100, seed=0)
+    assert explicit == 4 and len(pairs) == 4 + 18
+    asked = {"role": "user", "content": "r0"}
+    assert pairs[0] == {"chosen": [asked, {"role": "assistant", "content": "regenerated 0"}],
+                        "rejected": [asked, {"role": "assistant", "content": "first 0"}]}
+    pairs, explicit = judge_pairs(thumbs, same_prompt, most=3, seed=0)
+    assert (len(pairs), explicit) == (3, 3)  # bounded, whatever the store holds
+
+
+def test_the_judge_gate_asks_for_better_than_chance_not_a_fixed_auc_on_a_handful_of_thumbs() -> None:
+    """The AUCs of the live runs' judges on ~10% of the thumbs: a fixed 0.6 passed 0.65 on 14
+    thumbs (a standard error of ~0.16: possibly chance) and failed 0.59 on 23."""
+    assert not judge_passes(0.65, liked=5, disliked=9)[0]
+    assert not judge_passes(0.59, liked=8, disliked=15)[0]
+    assert judge_passes(0.75, liked=16, disliked=30)[0]  # the judge of the first live promotion
+    assert judge_passes(1.0, liked=3, disliked=6)[0]  # perfect on 9: p ~0.01
+    assert judge_passes(0.58, liked=100, disliked=100)[0]  # under 0.6, but on 200 thumbs clearly not chance
+    significant_but_weak = judge_passes(0.53, liked=2000, disliked=2000)
+    assert significant_but_weak[1] < 0.01 and not significant_but_weak[0]  # too weak to pick anything
+    assert judge_passes(float("nan"), liked=0, disliked=5) == (False, 1.0)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.feedback import Rating, purge_before, purge_user, write_interactions, write_ratings
 from adapters.schema import Alias, Feedback, Interaction, utcnow
-from trainer.data import DataConfig, build, for_alias, is_heldout, prompt_key, report, served_prompts
+from trainer.data import DataConfig, build, for_alias, is_heldout, prompt_key, report, sample_pairs, served_prompts
 
 
 class Store:
@@ -29,10 +29,10 @@ class Store:
 
     def answer(self, prompt: str | list[dict], text: str, *, user: str = "u", regenerates: str | None = None,
                logged: bool = True, version: str | None = "v1", age_days: int = 0, tenant: str = "t",
-               model: str = "default", prompt_tokens: int = 3) -> str:
+               model: str = "default", prompt_tokens: int = 3, key: int = 1) -> str:
         self.n += 1
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        row = {"id": f"chatcmpl-{self.n}", "key_id": 1, "tenant": tenant, "end_user": user,
+        row = {"id": f"chatcmpl-{self.n}", "key_id": key, "tenant": tenant, "end_user": user,
                "requested_model": model, "adapter_version": version, "arm": "champion", "kind": "chat",
                "prompt": messages if logged else None,
                "response": text if logged else None, "finish_reason": "stop", "status": 200,
@@ -267,6 +267,41 @@ def test_best_of_n_samples_for_the_prompts_users_sent_rated_or_not_capped_per_us
         kept = {p[0]["content"] for p in served_prompts(session, half, "default", limit=100, per_user=100,
                                                            max_tokens=50)}
         assert kept and all(not is_heldout(prompt_key([{"role": "user", "content": t}]), 0.5) for t in kept)
+
+
+def test_api_keys_take_turns_in_best_of_n_prompts_so_one_flooding_client_cannot_fill_them(store: Store) -> None:
+    """A client inventing a user id per request gets past the per-user cap; it still gets
+    no more of the sample than the other key with traffic, however many requests it sends
+    and however recent they are."""
+    for i in range(20):
+        store.answer(f"app question {i}", "ok", user=f"user {i}", key=1, age_days=1)
+    for i in range(300):
+        store.answer(f"planted {i}", "ok", user=f"invented {i}", key=2)
+    everything = DataConfig(heldout_fraction=0.0, tenant="t")
+    with store.session() as session:
+        texts = [p[0]["content"] for p in served_prompts(session, everything, "default", limit=30, per_user=30,
+                                                         max_tokens=50)]
+        assert len(texts) == 30 and sum(t.startswith("app question") for t in texts) == 15
+        assert texts[:2] == ["planted 299", "app question 19"]  # turns, each key's newest first
+        more = [p[0]["content"] for p in served_prompts(session, everything, "default", limit=100, per_user=100,
+                                                        max_tokens=50)]
+        assert sum(t.startswith("app question") for t in more) == 20  # the rest of the room goes to who has more
+
+
+def test_best_of_n_judge_gets_a_bounded_uniform_sample_of_the_training_pairs(store: Store) -> None:
+    for i in range(12):
+        store.rate(store.answer(f"prompt {i:02d}", "Certainly.", user=f"u{i}"), 1)
+        store.rate(store.answer(f"prompt {i:02d}", "meh", user=f"v{i}"), -1)
+    with store.session() as session:
+        every = build(session, "dpo", ALL_TRAIN)["train"]
+        assert len(every) == 12
+        sample = sample_pairs(session, ALL_TRAIN, most=4, seed=0)
+        assert len(sample) == 4 and all(p in every for p in sample)
+        assert sample != every[:4]  # not the first ones in prompt order
+        assert sample == sample_pairs(session, ALL_TRAIN, most=4, seed=0)
+        assert sorted(map(json.dumps, sample_pairs(session, ALL_TRAIN, most=100))) == sorted(map(json.dumps, every))
+        half = DataConfig(heldout_fraction=0.5)
+        assert all(not is_heldout(prompt_key(p["prompt"]), 0.5) for p in sample_pairs(session, half, most=100))
 
 
 def test_unlogged_interactions_never_train(store: Store) -> None:
