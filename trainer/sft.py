@@ -43,7 +43,10 @@ def _extend(tokenizer, ids: list[int], mask: list[int], rendered: str, upto: str
     return ids + new, mask + [bit] * len(new), upto
 
 
-def build_trainer(cfg: TrainConfig, base_model: str, out: Any, train: list[dict], heldout: list[dict]):  # type: ignore[no-untyped-def]
+def build_trainer(cfg: TrainConfig, base_model: str, out: Any, train: list[dict], heldout: list[dict],  # type: ignore[no-untyped-def]
+                  init_adapter: Any = None):
+    """An SFTTrainer of a fresh LoRA adapter, or with `init_adapter` (a folder) of that
+    adapter's weights, trained further (its own rank and modules)."""
     import datasets
     import trl
     from transformers import AutoTokenizer, EarlyStoppingCallback
@@ -64,7 +67,13 @@ def build_trainer(cfg: TrainConfig, base_model: str, out: Any, train: list[dict]
                      metric_for_best_model="eval_loss", greater_is_better=False,
                      per_device_eval_batch_size=cfg.batch_size)
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.patience))
+    model = load_causal_lm(base_model, cfg.qlora)
+    if init_adapter is not None:
+        import peft
+
+        model = peft.PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
     return trl.SFTTrainer(
-        model=load_causal_lm(base_model, cfg.qlora), args=trl.SFTConfig(**args), train_dataset=dataset(train),
+        model=model, args=trl.SFTConfig(**args), train_dataset=dataset(train),
         eval_dataset=dataset(heldout) if heldout and cfg.eval_every else None, processing_class=tokenizer,
-        peft_config=lora_config(cfg.lora_r, cfg.lora_alpha), callbacks=callbacks)
+        peft_config=None if init_adapter is not None else lora_config(cfg.lora_r, cfg.lora_alpha),
+        callbacks=callbacks)

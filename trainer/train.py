@@ -139,11 +139,12 @@ def healthy_checkpoint_callback(tokenizer, prompts: list, every: int):  # type: 
 
 def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  # type: ignore[no-untyped-def]
           check_prompts: list | None = None, heldout: list[dict] | None = None,
-          reward_adapter: Path | None = None):
+          reward_adapter: Path | None = None, init_adapter: Path | None = None):
     """Trains and saves the adapter (PEFT format, plus `loraloop-train.json`) into `out`.
     With `check_prompts` (held-out prompts) and cfg.check_every, a policy keeps its last
     checkpoint that passed the collapse check. `heldout` is SFT's validation set;
-    `reward_adapter` GRPO's reward model. Returns (seconds, TRL's log history, the PEFT model)."""
+    `reward_adapter` GRPO's reward model; `init_adapter` an adapter SFT goes on training
+    (best-of-n's --from-champion). Returns (seconds, TRL's log history, the PEFT model)."""
     import datasets
     import peft
     import torch
@@ -152,7 +153,7 @@ def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  #
     from transformers import AutoTokenizer
 
     transformers.set_seed(cfg.seed)
-    trainer = _build_trainer(cfg, examples, base_model, out, heldout or [], reward_adapter)
+    trainer = _build_trainer(cfg, examples, base_model, out, heldout or [], reward_adapter, init_adapter)
     guard = None
     if cfg.kind == "policy" and check_prompts and cfg.check_every:
         # at most MAX_GUARD_CHECKS checks a run: each samples 64 answers (~20 s beside vLLM on 2
@@ -175,16 +176,20 @@ def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  #
     }
     if reward_adapter is not None:
         provenance["reward_model"] = str(reward_adapter)
+    if init_adapter is not None:
+        provenance["init_adapter"] = str(init_adapter)
     (out / "loraloop-train.json").write_text(json.dumps(provenance, indent=2, default=str))
     return seconds, trainer.state.log_history, trained
 
 
 def _build_trainer(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  # type: ignore[no-untyped-def]
-                   heldout: list[dict], reward_adapter: Path | None):
+                   heldout: list[dict], reward_adapter: Path | None, init_adapter: Path | None = None):
     if cfg.method in ("sft", "best-of-n"):  # best-of-n: SFT on the answers its judge picked
         from trainer import sft
 
-        return sft.build_trainer(cfg, base_model, out, examples, heldout)
+        return sft.build_trainer(cfg, base_model, out, examples, heldout, init_adapter)
+    if init_adapter is not None:
+        raise ValueError(f"{cfg.method} trains a fresh adapter; only SFT and best-of-n go on training one")
     if cfg.method == "reward":
         from trainer import reward_model
 
@@ -356,9 +361,10 @@ def same_prompt_pairs(cfg: TrainConfig, db_url: str, data: dict[str, list[dict]]
 
 
 def best_of_n_examples(cfg: TrainConfig, base_model: str, data: dict[str, list[dict]], scratch: Path,
-                       db_url: str) -> tuple[list[dict], Path | None, dict]:
-    """(SFT examples, the gated judge, figures) for best-of-n (trainer/best_of_n.py); no
-    examples and no judge when the judge failed its gate or no sampled answer finished."""
+                       db_url: str, champion: Path | None) -> tuple[list[dict], Path | None, dict]:
+    """(SFT examples, the gated judge, figures) for best-of-n (trainer/best_of_n.py): the
+    `champion`'s best samples (the base's when None); no examples and no judge when the
+    judge failed its gate or no sampled answer finished."""
     judge_dir, figures = best_of_n.train_judge(cfg, base_model, data["train"], data["heldout"],
                                                scratch / "reward-model", same_prompt_pairs(cfg, db_url, data))
     if judge_dir is None:
@@ -366,8 +372,7 @@ def best_of_n_examples(cfg: TrainConfig, base_model: str, data: dict[str, list[d
     prompts = best_of_n.distinct_prompts(data["train"], cfg.sample_prompts, cfg.seed)
     if not cfg.data and len(prompts) < cfg.sample_prompts:  # the store also has the prompts nobody rated
         prompts = best_of_n.merge_prompts(prompts, served_prompts(cfg, db_url), cfg.sample_prompts)
-    examples, sampled = best_of_n.best_answers(cfg, base_model, current_champion(db_url, cfg.alias), judge_dir,
-                                               prompts)
+    examples, sampled = best_of_n.best_answers(cfg, base_model, champion, judge_dir, prompts)
     return examples, (judge_dir if examples else None), figures | sampled
 
 
@@ -404,9 +409,12 @@ def main(cfg: TrainConfig) -> TrainResult:
     with folder as scratch:
         examples, heldout = data["train"], data["heldout"]
         extra: dict[str, Any] = {}  # what the provenance records besides the run's own figures
+        init = None  # the adapter SFT goes on training (best-of-n --from-champion), else a fresh one
         if cfg.method == "best-of-n":
+            sampler = current_champion(settings.db_url, cfg.alias)
             examples, judge_dir, extra["best_of_n"] = best_of_n_examples(cfg, base_model, data, Path(scratch),
-                                                                          settings.db_url)
+                                                                          settings.db_url, sampler)
+            init = sampler if cfg.from_champion and judge_dir is not None else None
             # The gate's win rate: an approved reward model when there is one (independent of
             # the judge that picked the training answers), else the judge itself.
             heldout, reward = [], reward or judge_dir
@@ -425,7 +433,7 @@ def main(cfg: TrainConfig) -> TrainResult:
                 choice |= {"chose": "kto", "why": choice["why"] + "; its judge failed its gate (or no sample "
                            "finished), so KTO"}
         seconds, history, _ = train(cfg, examples, base_model, Path(scratch), prompts, heldout,
-                                    reward if cfg.method == "grpo" else None)
+                                    reward if cfg.method == "grpo" else None, init)
         # what the gate's win rate compares with: the experiment's pre-screen prior holds only
         # against that champion (adapters/experiments.py prior_mean)
         extra["gate_champion"], champion = champion_of(settings.db_url, cfg.alias)

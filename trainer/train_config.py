@@ -50,6 +50,9 @@ class TrainConfig:
         "help": "GRPO and best-of-n: answers sampled per prompt (GRPO's group; best-of-n keeps the best)."})
     sample_prompts: int = field(default=640, metadata={
         "help": "best-of-n: most prompts sampled (the thumbs' first, then recent unrated ones)."})
+    from_champion: bool = field(default=False, metadata={
+        "help": "best-of-n: go on training the champion's adapter on its best answers, instead of a fresh "
+                "adapter from the base (each generation starts where the last one ended)."})
     sample_max_new_tokens: int = field(default=96, metadata={
         "help": "best-of-n: longest sampled answer in tokens; an answer cut off there is never kept."})
     desirable_weight: float = field(default=0.0, metadata={

@@ -149,3 +149,23 @@ def test_best_of_n_keeps_only_finished_answers_the_champion_sampled(demo_model: 
     assert sum(readable(prompt, reply) is not None for prompt, reply in replies) >= 2
     cut_off, stats = best_answers(replace(cfg, sample_max_new_tokens=3), str(demo_model), None, judge_dir, prompts)
     assert cut_off == [] and stats["prompts_kept"] == stats["finished"] == 0 and stats["sampled"] == 9
+
+
+def test_from_champion_goes_on_training_the_champions_adapter(demo_model: Path, tmp_path: Path) -> None:
+    """Best-of-n's --from-champion: the next generation starts from the champion's LoRA
+    weights (its own rank), so what the champion learned is kept, and the champion's folder
+    is never written to."""
+    conversations = [{"messages": [*p["prompt"], *p["chosen"]]} for p in preference_examples(16)]
+    champion_cfg = TrainConfig(method="sft", steps=3, batch_size=4, lora_r=8, eval_every=0)
+    train(champion_cfg, conversations, str(demo_model), tmp_path / "champion")
+    before = load_file(tmp_path / "champion" / "adapter_model.safetensors")
+    one_step = TrainConfig(method="sft", steps=1, batch_size=4, learning_rate=1e-12, eval_every=0)  # lora_r 16
+    train(one_step, conversations, str(demo_model), tmp_path / "next", init_adapter=tmp_path / "champion")
+    after = load_file(tmp_path / "next" / "adapter_model.safetensors")
+    assert after.keys() == before.keys() and all(after[k].shape == before[k].shape for k in before)  # rank 8
+    assert all(torch.allclose(after[k], before[k], atol=1e-6) for k in before)  # a tiny step from the champion
+    fresh = load_file(tmp_path / "champion" / "adapter_model.safetensors")
+    assert all(torch.equal(fresh[k], before[k]) for k in before)  # the champion itself untouched
+    with pytest.raises(ValueError, match="only SFT and best-of-n"):
+        train(TrainConfig(method="dpo", steps=1), preference_examples(8), str(demo_model), tmp_path / "dpo",
+              init_adapter=tmp_path / "champion")
