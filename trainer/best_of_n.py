@@ -16,9 +16,11 @@ right ones. Here the thumbs train a judge instead, and the judge picks what to l
    for each of up to `sample_prompts` training prompts (the rated ones, then recent unrated
    requests to the alias: trainer.data.served_prompts); the reward model keeps the best one;
 4. SFT on those, from the base, five passes over them (`sft_steps`): each generation learns
-   from the champion's best answers,
-   so generations compound, and the data is always the policy's own, plausible text
-   (SFT on own samples kept the demo model healthy where DPO and KTO collapsed).
+   from the champion's best answers, so generations compound (offline, a request-dependent
+   taste: generation 1 0.84, generation 2 0.95 held-out; `--from-champion`, SFT that goes on
+   training the champion's adapter, measured the same 0.95, so the default is the simpler
+   one), and the data is always the policy's own, plausible text (SFT on own samples kept
+   the demo model healthy where DPO and KTO collapsed).
 
 The gate then judges the candidate as any other, with this reward model's win rate
 against the champion among its checks.

@@ -13,7 +13,7 @@ answers, and thumb down more than up. Measured on the same simulated thumbs (ben
     formal (one style everywhere)      56   0.60   0.82
     formal                            198   0.95   0.90
     formal-for-errands (depends       743   0.67   0.83
-      on the request)
+      on the request)                1269          0.95 (generation 2, sampling generation 1)
 
 KTO learns a global style a little better once there are enough thumbs of both kinds, but
 it does not learn WHEN (its push on the implicit reward moves the style everywhere at once);
