@@ -149,12 +149,12 @@ def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, pe
     admitted = [i.c.requested_model == alias, i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat",
                 i.c.prompt_tokens <= max_tokens]
     admitted += _tenant_filters(cfg)
+    # The turns are ranked over narrow columns only; the prompts are read for the rows kept.
     turn = func.row_number().over(partition_by=i.c.key_id, order_by=(i.c.created_at.desc(), i.c.id.desc()))
-    ranked = select(i.c.prompt, i.c.end_user, i.c.key_id, i.c.created_at, turn.label("turn")).where(*admitted)
-    ranked_rows = ranked.subquery()
-    query = (select(ranked_rows.c.prompt, ranked_rows.c.end_user)
-             .where(ranked_rows.c.turn <= limit * 20)
-             .order_by(ranked_rows.c.turn, ranked_rows.c.created_at.desc(), ranked_rows.c.key_id))
+    ranked = select(i.c.id, i.c.key_id, i.c.created_at, turn.label("turn")).where(*admitted).subquery()
+    query = (select(i.c.prompt, i.c.end_user).join(ranked, ranked.c.id == i.c.id)
+             .where(ranked.c.turn <= limit * 20)
+             .order_by(ranked.c.turn, ranked.c.created_at.desc(), ranked.c.key_id))
     seen: dict[str, Any] = {}
     cap = _Cap(per_user)
     # Bounded read: `limit` prompts rarely need more than a few times as many rows.
@@ -332,20 +332,23 @@ def examples(session: Session, fmt: str, cfg: DataConfig) -> Iterator[tuple[str,
         yield split, example
 
 
-def sample_pairs(session: Session, cfg: DataConfig, most: int, seed: int = 0) -> list[dict]:
-    """A seeded uniform sample of at most `most` training-split DPO pairs (reservoir
-    sampling over the stream: the pairs come ordered by prompt text, so the first `most`
-    would all start alike; memory stays at `most` pairs however large the store)."""
+def sample_pairs(session: Session, cfg: DataConfig, most: int, seed: int = 0, per_prompt: int = 4) -> list[dict]:
+    """A seeded uniform sample of at most `most` training-split DPO pairs, at most
+    `per_prompt` of them from one prompt (its liked x disliked answers make a cross product:
+    one popular prompt must not fill the sample). Reservoir sampling over the stream: the
+    pairs come ordered by prompt text, so the first `most` would all start alike; memory
+    stays at `most` pairs however large the store."""
     rng, seen = random.Random(seed), 0
     kept: list[dict] = []
-    for _, split, example in dpo_pairs(session, cfg):
-        if split != "train":
+    for key, pairs in _dpo_groups(session, cfg):
+        if _split(key, cfg) != "train":
             continue
-        seen += 1
-        if len(kept) < most:
-            kept.append(example)
-        elif (slot := rng.randrange(seen)) < most:
-            kept[slot] = example
+        for example in rng.sample(pairs, min(len(pairs), per_prompt)):
+            seen += 1
+            if len(kept) < most:
+                kept.append(example)
+            elif (slot := rng.randrange(seen)) < most:
+                kept[slot] = example
     return kept
 
 

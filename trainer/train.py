@@ -153,6 +153,9 @@ def train(cfg: TrainConfig, examples: list[dict], base_model: str, out: Path,  #
     from transformers import AutoTokenizer
 
     transformers.set_seed(cfg.seed)
+    if init_adapter is not None:  # it keeps its own rank and alpha: the provenance says so
+        adapter = json.loads((init_adapter / "adapter_config.json").read_text())
+        cfg = replace(cfg, lora_r=adapter["r"], lora_alpha=adapter["lora_alpha"])
     trainer = _build_trainer(cfg, examples, base_model, out, heldout or [], reward_adapter, init_adapter)
     guard = None
     if cfg.kind == "policy" and check_prompts and cfg.check_every:
@@ -355,7 +358,7 @@ def same_prompt_pairs(cfg: TrainConfig, db_url: str, data: dict[str, list[dict]]
     with make_sessionmaker(engine)() as session:
         data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
                                                             cross_tenant=cfg.cross_tenant))
-        pairs = sample_pairs(session, data_cfg, best_of_n.JUDGE_MAX_STEPS * cfg.batch_size // 2, cfg.seed)
+        pairs = sample_pairs(session, data_cfg, best_of_n.JUDGE_MAX_PAIRS // 2, cfg.seed)
     engine.dispose()
     return pairs
 
@@ -426,10 +429,11 @@ def main(cfg: TrainConfig) -> TrainResult:
                 cfg = replace(cfg, steps=best_of_n.sft_steps(cfg, len(examples)))
                 extra["best_of_n"]["sft_steps"] = float(cfg.steps)
             if judge_dir is None and choice is not None:  # auto: too few or too noisy thumbs to judge by
+                thumbs = {split: [e for e in data[split] if "label" in e] for split in ("train", "heldout")}
                 cfg = with_kto_weights(replace(cfg, method="kto", learning_rate=0.0 if cfg.learning_rate ==
                                                DEFAULT_LEARNING_RATE["best-of-n"] else cfg.learning_rate),
-                                       data["train"])
-                examples, heldout = data["train"], data["heldout"]
+                                       thumbs["train"])  # (a --data file's pair lines are not KTO's)
+                examples, heldout = thumbs["train"], thumbs["heldout"]
                 choice |= {"chose": "kto", "why": choice["why"] + "; its judge failed its gate (or no sample "
                            "finished), so KTO"}
         seconds, history, _ = train(cfg, examples, base_model, Path(scratch), prompts, heldout,

@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from trainer.best_of_n import auc, distinct_prompts, judge_pairs, judge_passes, label_pairs
+from trainer.best_of_n import (
+    JUDGE_ALPHA,
+    auc,
+    distinct_prompts,
+    exact_upper_tail,
+    judge_pairs,
+    judge_passes,
+    label_pairs,
+)
 from trainer.method_choice import choose, kto_weights, with_kto_weights
 from trainer.train import parse_args
 from trainer.train_config import TrainConfig
@@ -135,8 +143,8 @@ def test_the_judge_learns_from_same_prompt_pairs_first_then_from_the_thumbs() ->
     asked = {"role": "user", "content": "r0"}
     assert pairs[0] == {"chosen": [asked, {"role": "assistant", "content": "regenerated 0"}],
                         "rejected": [asked, {"role": "assistant", "content": "first 0"}]}
-    pairs, explicit = judge_pairs(thumbs, same_prompt, most=3, seed=0)
-    assert (len(pairs), explicit) == (3, 3)  # bounded, whatever the store holds
+    pairs, explicit = judge_pairs(thumbs, same_prompt * 500, most=100, seed=0)
+    assert (len(pairs), explicit) == (50 + 18, 50)  # bounded at half: pairs never push the thumbs out
 
 
 def test_the_judge_gate_asks_for_better_than_chance_not_a_fixed_auc_on_a_handful_of_thumbs() -> None:
@@ -145,8 +153,29 @@ def test_the_judge_gate_asks_for_better_than_chance_not_a_fixed_auc_on_a_handful
     assert not judge_passes(0.65, liked=5, disliked=9)[0]
     assert not judge_passes(0.59, liked=8, disliked=15)[0]
     assert judge_passes(0.75, liked=16, disliked=30)[0]  # the judge of the first live promotion
-    assert judge_passes(1.0, liked=3, disliked=6)[0]  # perfect on 9: p ~0.01
+    assert judge_passes(1.0, liked=3, disliked=6)[0]  # perfect on 9: p = 1/84
+    assert judge_passes(1.0, liked=3, disliked=6)[1] == pytest.approx(1 / 84)
+    assert not judge_passes(1.0, liked=1, disliked=4)[0]  # perfect, but 1 in 5 orders of chance are too
     assert judge_passes(0.58, liked=100, disliked=100)[0]  # under 0.6, but on 200 thumbs clearly not chance
     significant_but_weak = judge_passes(0.53, liked=2000, disliked=2000)
     assert significant_but_weak[1] < 0.01 and not significant_but_weak[0]  # too weak to pick anything
     assert judge_passes(float("nan"), liked=0, disliked=5) == (False, 1.0)
+
+
+def test_the_exact_tail_counts_every_order_and_a_chance_judge_passes_at_most_alpha_of_the_time() -> None:
+    import itertools
+
+    for m, n in ((1, 1), (1, 4), (2, 3), (3, 3), (2, 5)):
+        orders = [set(c) for c in itertools.combinations(range(m + n), m)]  # where the m values sit
+        us = [sum(sum(1 for j in range(pos) if j not in c) for pos in c) for c in orders]  # others below each
+        for u in range(m * n + 1):
+            assert exact_upper_tail(m, n, u) == pytest.approx(sum(x >= u for x in us) / len(us)), (m, n, u)
+    # the gate's false-pass rate for a judge no better than chance, at the held-out sizes
+    # best-of-n sees (a rare label with a few thumbs), never above JUDGE_ALPHA
+    for liked in range(1, 7):
+        for disliked in range(1, 40, 3):
+            cells = liked * disliked
+            passing = [u for u in range(cells + 1) if judge_passes(u / cells, liked, disliked)[0]]
+            chance = sum(exact_upper_tail(liked, disliked, u) - exact_upper_tail(liked, disliked, u + 1)
+                         for u in passing)
+            assert chance <= JUDGE_ALPHA + 1e-9, (liked, disliked, chance)

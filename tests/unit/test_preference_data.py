@@ -302,6 +302,12 @@ def test_best_of_n_judge_gets_a_bounded_uniform_sample_of_the_training_pairs(sto
         assert sorted(map(json.dumps, sample_pairs(session, ALL_TRAIN, most=100))) == sorted(map(json.dumps, every))
         half = DataConfig(heldout_fraction=0.5)
         assert all(not is_heldout(prompt_key(p["prompt"]), 0.5) for p in sample_pairs(session, half, most=100))
+    for i in range(5):  # a popular prompt: 5 x 5 answers make 25 pairs
+        store.rate(store.answer("popular", f"Certainly {i}.", user=f"p{i}"), 1)
+        store.rate(store.answer("popular", f"meh {i}", user=f"q{i}"), -1)
+    with store.session() as session:
+        sample = sample_pairs(session, ALL_TRAIN, most=100, per_prompt=4)
+        assert sum(p["prompt"][0]["content"] == "popular" for p in sample) == 4 and len(sample) == 12 + 4
 
 
 def test_unlogged_interactions_never_train(store: Store) -> None:
