@@ -68,10 +68,26 @@ def example_prompt(example: dict) -> Any:
     return example["prompt"] if "prompt" in example else example["messages"][:-1]
 
 
+@contextlib.contextmanager
+def alias_data(cfg: TrainConfig, db_url: str) -> Iterator[tuple[Any, Any]]:
+    """(a session, the DataConfig of the feedback that may train `cfg.alias`), the engine
+    disposed afterwards: what every read of the store's training data starts from."""
+    from adapters.db import make_engine, make_sessionmaker
+    from trainer.data import DataConfig, for_alias
+
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            yield session, for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
+                                                                     cross_tenant=cfg.cross_tenant))
+    finally:
+        engine.dispose()
+
+
 def load_examples(cfg: TrainConfig, db_url: str) -> dict[str, list[dict]]:
     """{"train": [...], "heldout": [...]}, split by prompt: no held-out prompt is trained on.
     GRPO learns from prompts alone: one example per distinct prompt."""
-    from trainer.data import DataConfig, build, for_alias, is_heldout, prompt_key
+    from trainer.data import build, is_heldout, prompt_key
 
     if cfg.data:
         examples = [json.loads(line) for line in Path(cfg.data).read_text().splitlines() if line.strip()]
@@ -80,14 +96,8 @@ def load_examples(cfg: TrainConfig, db_url: str) -> dict[str, list[dict]]:
             key = prompt_key(example_prompt(e))
             split["heldout" if is_heldout(key, cfg.heldout_fraction) else "train"].append(e)
     else:
-        from adapters.db import make_engine, make_sessionmaker
-
-        engine = make_engine(db_url)
-        with make_sessionmaker(engine)() as session:
-            data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
-                                                                cross_tenant=cfg.cross_tenant))
+        with alias_data(cfg, db_url) as (session, data_cfg):
             split = build(session, METHODS[cfg.method], data_cfg)
-        engine.dispose()
     if cfg.method == "grpo":
         for name, examples in split.items():
             distinct = {prompt_key(example_prompt(e)): example_prompt(e) for e in examples}
@@ -330,19 +340,11 @@ def resolve_method(cfg: TrainConfig, db_url: str) -> tuple[TrainConfig, dict | N
 
 def served_prompts(cfg: TrainConfig, db_url: str) -> list[Any]:
     """The alias's recent training-split chat prompts, rated or not (trainer.data.served_prompts)."""
-    from adapters.db import make_engine, make_sessionmaker
-    from trainer.data import DataConfig, for_alias
     from trainer.data import served_prompts as recent
 
-    engine = make_engine(db_url)
-    with make_sessionmaker(engine)() as session:
-        data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
-                                                            cross_tenant=cfg.cross_tenant))
-        prompts = recent(session, data_cfg, cfg.alias, cfg.sample_prompts,
-                         per_user=max(1, cfg.sample_prompts // 10),
-                         max_tokens=cfg.max_length - cfg.sample_max_new_tokens)  # room for the answer
-    engine.dispose()
-    return prompts
+    with alias_data(cfg, db_url) as (session, data_cfg):
+        return recent(session, data_cfg, cfg.alias, cfg.sample_prompts, per_user=max(1, cfg.sample_prompts // 10),
+                      max_tokens=cfg.max_length - cfg.sample_max_new_tokens)  # room for the answer
 
 
 def same_prompt_pairs(cfg: TrainConfig, db_url: str, data: dict[str, list[dict]]) -> list[dict]:
@@ -351,16 +353,10 @@ def same_prompt_pairs(cfg: TrainConfig, db_url: str, data: dict[str, list[dict]]
     by what the judge can train on)."""
     if cfg.data:
         return [e for e in data["train"] if "chosen" in e]
-    from adapters.db import make_engine, make_sessionmaker
-    from trainer.data import DataConfig, for_alias, sample_pairs
+    from trainer.data import sample_pairs
 
-    engine = make_engine(db_url)
-    with make_sessionmaker(engine)() as session:
-        data_cfg = for_alias(session, cfg.alias, DataConfig(heldout_fraction=cfg.heldout_fraction,
-                                                            cross_tenant=cfg.cross_tenant))
-        pairs = sample_pairs(session, data_cfg, best_of_n.JUDGE_MAX_PAIRS // 2, cfg.seed)
-    engine.dispose()
-    return pairs
+    with alias_data(cfg, db_url) as (session, data_cfg):
+        return sample_pairs(session, data_cfg, best_of_n.JUDGE_MAX_PAIRS // 2, cfg.seed)
 
 
 def best_of_n_examples(cfg: TrainConfig, base_model: str, data: dict[str, list[dict]], scratch: Path,
