@@ -110,11 +110,12 @@ def start(session: Session, alias: str, canary: str, share: float, max_hours: fl
     if current(session, alias) is not None:
         raise InvalidTransition(f"alias {alias!r} already has an experiment; promote or roll it back first")
     registry.transition(session, canary, S.canary, actor=actor, reason=reason or "experiment started", alias=alias)
-    experiment = Experiment(alias=alias, champion=row.champion, canary=canary, canary_share=share,
+    champion = registry.effective_champion(session, row)  # a segment without its own: its parent's
+    experiment = Experiment(alias=alias, champion=champion, canary=canary, canary_share=share,
                             status="running", max_hours=max_hours)
     session.add(experiment)
     registry.audit(session, "experiment_start", actor, reason, version=canary, alias=alias,
-                   numbers={"canary_share": share, "champion": row.champion, "max_hours": max_hours})
+                   numbers={"canary_share": share, "champion": champion, "max_hours": max_hours})
     session.flush()
     return experiment
 

@@ -31,6 +31,8 @@ TRANSITIONS: dict[AdapterState, set[AdapterState]] = {
     S.rejected: set(),
 }
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+# a segment's alias (adapters/segments.py): `<alias>@<segment>`; made only by segments.create
+SEGMENT_ALIAS_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}@[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,14 @@ class RoutingSnapshot:
     splits: dict[str, Split] = field(default_factory=dict)  # alias -> its running experiment
     retired: frozenset[str] = frozenset()  # servable only when pinned; unloaded from replicas
     owners: dict[str, str] = field(default_factory=dict)  # version or alias -> the only tenant that sees it
+    parents: dict[str, str] = field(default_factory=dict)  # a segment's alias -> its alias
+
+    def champion(self, alias: str) -> str | None:
+        """What the alias serves outside an experiment: its champion, or for a segment without
+        one its parent's (None: the base model)."""
+        own = self.aliases.get(alias)
+        parent = self.parents.get(alias)
+        return own if own is not None or parent is None else self.aliases.get(parent)
 
 
 def register(session: Session, src: Path, store_root: Path, base_model: str, *,
@@ -125,17 +135,28 @@ def lock_alias(session: Session, alias: str, create: bool = False, tenant: str |
     """The alias row, locked for this transaction. Call it first: the touch is a write, so
     SQLite takes its write lock here rather than failing a later upgrade from a stale read.
     A new alias belongs to `tenant` (None: shared by every tenant)."""
-    if not NAME_RE.match(alias):
+    segment = SEGMENT_ALIAS_RE.match(alias) is not None
+    if not NAME_RE.match(alias) and not segment:
         raise InvalidAdapter(f"alias {alias!r} must match {NAME_RE.pattern}")
     session.execute(update(Alias).where(Alias.name == alias).values(updated_at=utcnow()))
     row = session.execute(select(Alias).where(Alias.name == alias).with_for_update()).scalar_one_or_none()
     if row is None:
         if not create:
             raise AdapterNotFound(f"alias {alias!r} does not exist")
+        if segment:  # it needs its parent and the segment cap: adapters/segments.py
+            raise AdapterNotFound(f"segment alias {alias!r} does not exist (`loraloop segments create`)")
         row = Alias(name=alias, tenant=tenant)
         session.add(row)
         session.flush()
     return row
+
+
+def effective_champion(session: Session, row: Alias) -> str | None:
+    """The version `row` serves outside an experiment: its champion, or for a segment without
+    one its parent's (RoutingSnapshot.champion, from the database)."""
+    if row.champion is not None or row.parent is None:
+        return row.champion
+    return session.scalar(select(Alias.champion).where(Alias.name == row.parent))
 
 
 def alias_tenant(session: Session, alias: str) -> str | None:
@@ -190,7 +211,9 @@ def snapshot(session: Session) -> RoutingSnapshot:
     splits = {e.alias: Split(e.id, e.canary, e.canary_share)
               for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}
     owners = {row.name: row.tenant for row in [*rows, *alias_rows] if row.tenant is not None}  # type: ignore[attr-defined]
-    return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits, retired=retired, owners=owners)
+    parents = {a.name: a.parent for a in alias_rows if a.parent is not None}
+    return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits, retired=retired, owners=owners,
+                           parents=parents)
 
 
 def newest(session: Session, *, kind: str, base_model: str) -> AdapterVersion | None:

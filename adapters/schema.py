@@ -110,6 +110,10 @@ class Alias(Base):
     # the champion before this one: where `rollback` goes
     previous_champion: Mapped[str | None] = mapped_column(ForeignKey("adapter_versions.name"), nullable=True)
     tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)  # None: every tenant's
+    # A segment of another alias (adapters/segments.py): named `<parent>@<segment>`, serving
+    # the parent's users of that segment; without a champion of its own, the parent's.
+    parent: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    segment: Mapped[str | None] = mapped_column(String(32), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
 
@@ -175,6 +179,9 @@ class Interaction(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float)
     regenerates: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # the user's segment as the request declared it ("": none). `requested_model` is then the
+    # segment's alias (`<alias>@<segment>`) once it has one, else the alias asked for.
+    segment: Mapped[str] = mapped_column(String(32), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
@@ -209,6 +216,7 @@ class TrainingRun(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     method: Mapped[str] = mapped_column(String(16))
+    alias: Mapped[str | None] = mapped_column(String(128), nullable=True)  # whose candidate it trained
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     outcome: Mapped[str] = mapped_column(String(16))  # running | approved | rejected | failed

@@ -12,6 +12,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEMO_MODEL_NAME = "loraloop-demo"  # the name the demo base model is served under
+MAX_SEGMENTS = 8  # per alias (adapters/segments.py)
 
 
 class StoreSettings(BaseSettings):
@@ -22,6 +23,9 @@ class StoreSettings(BaseSettings):
     database_url: str = Field("", description="SQLAlchemy URL; empty: SQLite under data_dir.")
     base_model: str = Field("", description="HF id or local path of the base model; empty: the demo model.")
     retention_days: int = Field(0, description="`loraloop data purge` deletes older interactions; 0 keeps all.")
+    max_segments: int = Field(MAX_SEGMENTS, ge=0, description=(
+        "Most segments of one alias with an adapter of their own (adapters/segments.py); the rest share the "
+        "alias's champion. Bounds vLLM's adapter slots and the metrics' alias labels."))
 
     @property
     def db_url(self) -> str:

@@ -5,6 +5,7 @@
     loraloop keys create|list|revoke    API keys
     loraloop adapters add|list          register adapter folders
     loraloop aliases set ALIAS VERSION  point an alias at a version
+    loraloop segments list|show|create  segments of an alias, each served its own adapter
     loraloop db upgrade                 apply database migrations
     loraloop data export|report|purge   feedback as training data (runs trainer.data)
     loraloop train --method M           train a candidate: dpo|kto|sft|reward|grpo [--qlora] (trainer.train)
@@ -167,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
     ad_sub.add_parser("list")
     rollout_cli.add_adapter_commands(ad_sub)
     rollout_cli.add_experiment_commands(sub)
+    rollout_cli.add_segment_commands(sub)
     aliases = sub.add_parser("aliases", help="aliases")
     al_sub = aliases.add_subparsers(dest="action", required=True)
     set_ = al_sub.add_parser("set")
@@ -220,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "experiments":
             with sessions_for(settings).begin() as session:
                 rollout_cli.print_json(rollout_cli.experiments_cmd(session, settings, args))
+        elif args.command == "segments":
+            with sessions_for(settings).begin() as session:
+                rollout_cli.print_json(rollout_cli.segments_cmd(session, settings, args))
         elif args.command == "db":
             sessions_for(settings)
     except LoraloopError as exc:

@@ -49,6 +49,7 @@ class Record:
     raw: bytes = b""
     latency_ms: float = 0.0
     keep_text: bool = True
+    segment: str = ""
 
     @property
     def size(self) -> int:
@@ -206,6 +207,7 @@ def _row(rec: Record) -> dict:
         "finish_reason": finish_reason, "status": rec.status,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
         "latency_ms": rec.latency_ms, "regenerates": rec.regenerates, "created_at": rec.created_at,
+        "segment": rec.segment,
     }
 
 

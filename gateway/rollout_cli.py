@@ -1,4 +1,5 @@
-"""`loraloop adapters promote|rollback|pause|resume|show` and `loraloop experiments ...`:
+"""`loraloop adapters promote|rollback|pause|resume|show`, `loraloop experiments ...` and
+`loraloop segments list|show|create`:
 the operator's side of rollout, on the database directly (the gateways pick changes up
 within LORALOOP_REGISTRY_REFRESH_S). Actions are audited as `cli:<user>`."""
 
@@ -11,7 +12,7 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapters import experiments, registry
+from adapters import experiments, registry, segments
 from adapters.errors import AdapterNotFound, NotFound
 from adapters.schema import AdapterEvent, AdapterVersion, Experiment, utcnow
 from gateway.admin.router import event_json, experiment_json, version_json
@@ -41,6 +42,29 @@ def add_experiment_commands(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--reason", default="")
     exp_sub.add_parser("list")
     exp_sub.add_parser("show", help="the alias's latest experiment and its numbers").add_argument("alias")
+
+
+def add_segment_commands(sub: argparse._SubParsersAction) -> None:
+    seg = sub.add_parser("segments", help="segments of aliases: groups of users served their own adapter")
+    seg_sub = seg.add_subparsers(dest="action", required=True)
+    seg_sub.add_parser("list", help="segments' aliases, and declared labels without one").add_argument(
+        "alias", nargs="?", help="only this alias's")
+    seg_sub.add_parser("show", help="a segment's alias (ALIAS@SEGMENT): what it serves, traffic, history") \
+        .add_argument("alias")
+    create = seg_sub.add_parser("create", help="give SEGMENT of ALIAS its own alias (trained on its users only)")
+    create.add_argument("alias")
+    create.add_argument("segment")
+    create.add_argument("--reason", default="")
+
+
+def segments_cmd(session: Session, settings: Settings, args: argparse.Namespace) -> object:
+    if args.action == "show":
+        return segments.describe(session, args.alias)
+    if args.action == "create":
+        row = segments.create(session, args.alias, args.segment, actor=actor(), reason=args.reason,
+                              max_segments=settings.max_segments)
+        return {"alias": row.name, "parent": row.parent, "segment": row.segment}
+    return segments.overview(session, args.alias)
 
 
 def actor() -> str:

@@ -8,6 +8,9 @@
                                   a user keeps their arm) get the canary (arm "canary"),
                                   the rest the champion; requests without a user id are
                                   assigned at random. Not before a replica holds the canary.
+    an alias, with a segment       -> the segment's alias `<alias>@<segment>` as above, once it
+      (X-Loraloop-Segment)            exists (adapters/segments.py); until then the alias.
+                                      A segment's alias without a champion serves the alias's.
 
 Versions and aliases that belong to one tenant exist only for that tenant's keys: for any
 other key they are a 404, exactly like names that do not exist, and /v1/models omits them.
@@ -30,6 +33,7 @@ from sqlalchemy.orm import sessionmaker
 
 from adapters import registry
 from adapters.errors import ModelNotFound
+from adapters.segments import segment_alias, split_name
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,9 @@ class Route:
     upstream_model: str  # the name vLLM is asked for
     adapter: str | None  # adapter version, None for the base model
     adapter_path: str | None
-    alias: str | None
+    alias: str | None  # the alias that served it: a segment's own (`<alias>@<segment>`) where it has one
     arm: str
+    segment: str = ""  # the user's segment as the request declared it
 
 
 class Router:
@@ -69,11 +74,11 @@ class Router:
             self.table, self._applied = table, ticket
             self._loaded_at = time.monotonic()
 
-    async def resolve(self, model: str, user: str = "", tenant: str = "default") -> Route:
-        route = self._lookup(model, user, tenant)
+    async def resolve(self, model: str, user: str = "", tenant: str = "default", segment: str = "") -> Route:
+        route = self._lookup(model, user, tenant, segment)
         if route is None and time.monotonic() - self._loaded_at > self.miss_refresh_s:
             await self.refresh()
-            route = self._lookup(model, user, tenant)
+            route = self._lookup(model, user, tenant, segment)
         if route is None:
             raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.",
                                 param="model")
@@ -82,30 +87,34 @@ class Router:
     def visible(self, name: str, tenant: str) -> bool:
         return self.table.owners.get(name, tenant) == tenant
 
-    def _lookup(self, model: str, user: str, tenant: str) -> Route | None:
+    def _lookup(self, model: str, user: str, tenant: str, segment: str = "") -> Route | None:
         if not self.visible(model, tenant):
             return None
         if model == self.base_model:
-            return Route(self.base_model, None, None, None, "base")
+            return Route(self.base_model, None, None, None, "base", segment)
         path = self.table.versions.get(model)
         if path is not None:
-            return Route(model, model, path, None, "pinned")
-        if model in self.table.aliases:
-            split = self.table.splits.get(model)
-            if split is not None and split.canary in self.table.versions and in_canary(split, user) \
-                    and self.ready(split.canary):
-                return Route(split.canary, split.canary, self.table.versions[split.canary], model, "canary")
-            champion = self.table.aliases[model]
-            if champion is None or champion not in self.table.versions:
-                return Route(self.base_model, None, None, model, "champion")
-            return Route(champion, champion, self.table.versions[champion], model, "champion")
-        return None
+            return Route(model, model, path, None, "pinned", segment)
+        if model not in self.table.aliases:
+            return None
+        if model in self.table.parents:  # a segment's alias named directly: that segment
+            segment = split_name(model)[1] or ""
+        elif segment and segment_alias(model, segment) in self.table.aliases:
+            model = segment_alias(model, segment)
+        split = self.table.splits.get(model)
+        if split is not None and split.canary in self.table.versions and in_canary(split, user) \
+                and self.ready(split.canary):
+            return Route(split.canary, split.canary, self.table.versions[split.canary], model, "canary", segment)
+        champion = self.table.champion(model)
+        if champion is None or champion not in self.table.versions:
+            return Route(self.base_model, None, None, model, "champion", segment)
+        return Route(champion, champion, self.table.versions[champion], model, "champion", segment)
 
     def live_versions(self) -> dict[str, str]:
         """Versions that aliases send users to (champions and running canaries) -> path: what
         every replica should hold before traffic for them arrives."""
         t = self.table
-        names = {c for c in t.aliases.values() if c} | {s.canary for s in t.splits.values()}
+        names = {c for c in t.aliases.values() if c} | {s.canary for s in t.splits.values()}  # segments' too
         return {n: t.versions[n] for n in names if n in t.versions}
 
     def model_ids(self, tenant: str) -> list[tuple[str, str]]:

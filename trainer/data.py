@@ -19,6 +19,10 @@ Rules:
   shared alias on the feedback of tenant "default" only, unless `cross_tenant` opts in to
   every tenant that owns no alias. A tenant's data never reaches an adapter another
   tenant's users get without that opt-in.
+- Segments (`for_alias`): a segment's alias (`support@formal`, adapters/segments.py) trains
+  on its segment's traffic only, including what its users were served before it had an
+  alias. Any other alias trains as before segments, on its tenant(s)' feedback, less every
+  segment alias's.
 Interactions of keys that opted out of prompt logging carry no text and never appear here.
 
 Scale: rows are streamed from the database (`BATCH` at a time), never loaded whole, and the
@@ -37,7 +41,7 @@ import json
 import random
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
@@ -47,6 +51,7 @@ from sqlalchemy.orm import Session
 
 from adapters.feedback import purge_before, purge_user, votes
 from adapters.schema import Alias, Interaction, utcnow
+from adapters.segments import segment_alias
 
 BATCH = 1000  # rows per fetch: a round trip's cost amortised, memory flat whatever the table's size
 DEFAULT_TENANT = "default"  # the tenant of keys made without --tenant and of development mode
@@ -61,6 +66,10 @@ class DataConfig:
     exclude_tenants: tuple[str, ...] = ()  # never these tenants' interactions
     cross_tenant: bool = field(default=False, metadata={
         "help": "A shared alias trains on every tenant that owns no alias, not only tenant 'default'."})
+    # (alias, segment) pairs of segments' aliases (for_alias sets them): with `segment_of`, that
+    # segment's traffic only; without, never theirs
+    segment_of: tuple[str, str] | None = None
+    segments_off: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.heldout_fraction < 1:
@@ -91,11 +100,23 @@ def is_heldout(key: str, fraction: float) -> bool:
     return int(key[:8], 16) / 0xFFFFFFFF < fraction
 
 
-def _tenant_filters(cfg: DataConfig) -> list[Any]:
-    """The interactions' tenant conditions of `cfg` (for_alias sets them)."""
+def scope_filters(cfg: DataConfig) -> list[Any]:
+    """The interactions' tenant and alias conditions of `cfg` (for_alias sets them)."""
     i = Interaction.__table__
-    return ([i.c.tenant == cfg.tenant] if cfg.tenant is not None else []) + \
+    conditions = ([i.c.tenant == cfg.tenant] if cfg.tenant is not None else []) + \
         ([i.c.tenant.not_in(cfg.exclude_tenants)] if cfg.exclude_tenants else [])
+    if cfg.segment_of is not None:
+        conditions.append(_segments_traffic([cfg.segment_of]))
+    if cfg.segments_off:
+        conditions.append(~_segments_traffic(cfg.segments_off))
+    return conditions
+
+
+def _segments_traffic(segments: Sequence[tuple[str, str]]) -> Any:
+    """What these segments' aliases served, and what their users declared before they had one."""
+    i = Interaction.__table__
+    return or_(i.c.requested_model.in_([segment_alias(alias, segment) for alias, segment in segments]),
+               *(and_(i.c.requested_model == alias, i.c.segment == segment) for alias, segment in segments))
 
 
 def _rated(cfg: DataConfig) -> Select:
@@ -104,10 +125,10 @@ def _rated(cfg: DataConfig) -> Select:
     admitted = [i.c.response.is_not(None), i.c.prompt.is_not(None), i.c.status == 200]
     if cfg.adapter_version is not None:
         admitted.append(i.c.adapter_version == cfg.adapter_version)
-    admitted += _tenant_filters(cfg)
+    admitted += scope_filters(cfg)
     v = votes(*admitted)  # the vote's window then ranks only these answers' ratings
     return (select(i.c.id, i.c.prompt, i.c.response, i.c.kind, i.c.end_user, i.c.adapter_version,
-                   i.c.regenerates, i.c.created_at, v.c.rating.label("score"))
+                   i.c.regenerates, i.c.created_at, i.c.segment, v.c.rating.label("score"))
             .join(v, v.c.interaction_id == i.c.id))
 
 
@@ -146,9 +167,10 @@ def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, pe
     (trained on thumbs capped per user), the gate and the A/B test."""
     i = Interaction.__table__
     # (an opted-out key's rows: a NULL response, and a prompt that may be JSON null, not SQL NULL)
-    admitted = [i.c.requested_model == alias, i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat",
-                i.c.prompt_tokens <= max_tokens]
-    admitted += _tenant_filters(cfg)
+    admitted = [i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat", i.c.prompt_tokens <= max_tokens]
+    if cfg.segment_of is None:  # a segment's scope is all traffic to it already (its rows from before its alias too)
+        admitted.append(i.c.requested_model == alias)
+    admitted += scope_filters(cfg)
     # The turns are ranked over narrow columns only; the prompts are read for the rows kept.
     turn = func.row_number().over(partition_by=i.c.key_id, order_by=(i.c.created_at.desc(), i.c.id.desc()))
     ranked = select(i.c.id, i.c.key_id, i.c.created_at, turn.label("turn")).where(*admitted).subquery()
@@ -178,7 +200,11 @@ def _plain_request(prompt: Any) -> bool:
 
 def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
     """`cfg` restricted to the feedback that may train `alias` (see the module's rules)."""
-    owners = dict(session.execute(select(Alias.name, Alias.tenant)).all())
+    rows = session.execute(select(Alias.name, Alias.tenant, Alias.parent, Alias.segment)).all()
+    owners = {row.name: row.tenant for row in rows}
+    segments = {row.name: (row.parent, row.segment) for row in rows if row.parent is not None}
+    cfg = replace(cfg, segment_of=segments[alias]) if alias in segments else \
+        replace(cfg, segments_off=tuple(sorted(segments.values())))
     if owners.get(alias) is not None:
         return replace(cfg, tenant=owners[alias])
     owning = tuple(sorted({t for t in owners.values() if t is not None}))
@@ -402,12 +428,18 @@ def report(session: Session, cfg: DataConfig) -> dict:
     users, over_cap = session.execute(select(
         func.count(), func.coalesce(func.sum(case((per_user.c.n > cfg.max_per_user, 1), else_=0)), 0))).one()
     pairs = _pair_stats(session, cfg)
+    segments = {segment or "": {"rated": int(n), "up": int(up or 0), "down": int(down or 0)}
+                for segment, n, up, down in session.execute(
+                    select(rated.c.segment, func.count(), func.sum(case((rated.c.score > 0, 1), else_=0)),
+                           func.sum(case((rated.c.score < 0, 1), else_=0))).group_by(rated.c.segment))}
     return {
         "rated_answers": sum(v["rated"] for v in versions.values()),
         "liked": sum(v["up"] for v in versions.values()), "disliked": sum(v["down"] for v in versions.values()),
         "prompts": pairs.pop("prompts"), **pairs,
         "users": users, "users_over_cap": over_cap,
         "per_adapter_version": versions,
+        # as the requests declared them ("": none); a label's rows stay under it after it gets an alias
+        "per_segment": dict(sorted(segments.items())),
     }
 
 

@@ -81,7 +81,7 @@ class RunOutcome:
 
 
 def run_exclusive(sessions: sessionmaker, method: str, lease_ttl: timedelta, scratch_root: Path,
-                  train: Callable[[], object]) -> RunOutcome:
+                  train: Callable[[], object], alias: str | None = None) -> RunOutcome:
     """Runs `train` unless another run holds the lease; records it either way it ends.
 
     While `train` runs, a heartbeat renews the lease and `current()` is the run (its scratch
@@ -95,7 +95,7 @@ def run_exclusive(sessions: sessionmaker, method: str, lease_ttl: timedelta, scr
         with _heartbeat(sessions, holder, lease_ttl) as lost:
             sweep_abandoned(sessions, scratch_root)
             with sessions.begin() as session:
-                row = TrainingRun(method=method, outcome="running")
+                row = TrainingRun(method=method, outcome="running", alias=alias)
                 session.add(row)
                 session.flush()
                 run = Run(row.id, scratch_root / f"run-{row.id}", sessions, holder, lease_ttl, lost)

@@ -1,6 +1,12 @@
 """Scheduled training: an APScheduler job, stored in the project's database, that trains a
 new candidate when enough new feedback has arrived.
 
+Every alias is trained on its own feedback (trainer/data.py `for_alias`), segments' aliases
+included (adapters/segments.py; each tick first creates those that declared segments have
+earned). One run per tick, as the lease allows one at a time: of the aliases with at least
+LORALOOP_TRAIN_MIN_NEW_RATINGS new ratings, the one whose last run is oldest, so an alias
+whose users rate a lot cannot keep the trainer from the others.
+
     python -m trainer.scheduler            # run the scheduler (blocking)
     python -m trainer.scheduler --once     # one check-and-maybe-train, then exit
 
@@ -17,14 +23,16 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from pydantic import Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from adapters import segments
 from adapters.db import make_engine, make_sessionmaker, upgrade
-from adapters.schema import Feedback, Lease, TrainingRun, utcnow
+from adapters.schema import Alias, Feedback, Interaction, Lease, TrainingRun, as_utc, utcnow
 from adapters.settings import StoreSettings
 from trainer.runs import LEASE, LEASE_TTL, run_exclusive
 from trainer.train_config import TrainConfig
@@ -32,6 +40,7 @@ from trainer.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 JOB_ID = "loraloop-train"
+DEFAULT_ALIAS = TrainConfig.alias  # what runs trained before they recorded their alias
 __all__ = ["LEASE", "SchedulerSettings", "build_scheduler", "next_run", "run_once"]
 
 
@@ -46,36 +55,66 @@ class SchedulerSettings(StoreSettings):
     train_lease_minutes: float = Field(LEASE_TTL.total_seconds() / 60, description=(
         "A run renews its lease every third of this while it trains; one that stopped renewing "
         "this long ago (a dead node) is taken over."))
+    segment_min_ratings: int = Field(50, ge=1, description=(
+        "Rated answers of users who declared a segment before it gets an alias of its own (and is trained)."))
 
 
-def new_ratings_since_last_run(sessions: sessionmaker) -> int:
-    """Ratings since the last run that used them: one that finished with a verdict, or one in
-    progress. A run still marked running while nobody holds the lease was killed: it used nothing."""
+def new_ratings_since_last_run(sessions: sessionmaker, alias: str = DEFAULT_ALIAS) -> int:
+    """Ratings of `alias`'s feedback (trainer/data.py `for_alias`) since its last run that used
+    them: one that finished with a verdict, or one in progress. A run still marked running
+    while nobody holds the lease was killed: it used nothing. Runs from before runs recorded
+    their alias count for the default alias."""
+    from trainer.data import DataConfig, for_alias, scope_filters
+
     with sessions() as session:
         live = session.scalar(select(Lease.name).where(Lease.name == LEASE, Lease.expires_at > utcnow()))
         used = TrainingRun.outcome.in_(["approved", "rejected", "running"] if live else ["approved", "rejected"])
-        last = session.scalar(select(func.max(TrainingRun.started_at)).where(used))
-        query = select(func.count()).select_from(Feedback)
+        mine = TrainingRun.alias == alias if alias != DEFAULT_ALIAS else \
+            (TrainingRun.alias == alias) | TrainingRun.alias.is_(None)
+        last = session.scalar(select(func.max(TrainingRun.started_at)).where(used, mine))
+        query = (select(func.count()).select_from(Feedback).join(Interaction, Interaction.id == Feedback.interaction_id)
+                 .where(*scope_filters(for_alias(session, alias, DataConfig()))))
         if last is not None:
             query = query.where(Feedback.updated_at > last)
         return int(session.scalar(query) or 0)
 
 
+def due_alias(sessions: sessionmaker, min_new: int,
+              configured: str = DEFAULT_ALIAS) -> tuple[str | None, dict[str, int]]:
+    """(the alias to train now, or None; new ratings of every alias): of those with at least
+    `min_new` new ratings, the one whose last run is oldest (never run: first)."""
+    with sessions() as session:
+        aliases = sorted({configured, *session.scalars(select(Alias.name))})
+        last_runs = dict(session.execute(select(TrainingRun.alias, func.max(TrainingRun.started_at))
+                                         .group_by(TrainingRun.alias)).all())
+    new = {alias: new_ratings_since_last_run(sessions, alias) for alias in aliases}
+    due = [alias for alias in aliases if new[alias] >= min_new]
+    never = datetime.min.replace(tzinfo=UTC)
+    due.sort(key=lambda a: (as_utc(last_runs[a]) if last_runs.get(a) else never, -new[a]))
+    return (due[0] if due else None), new
+
+
 def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = None) -> str:
-    """Checks for new data and trains if there is enough and no other run is going.
+    """Creates the segments' aliases that are due, then trains the alias that is due, unless
+    another run is going.
 
     Returns what happened: "not_enough_data", "busy", or the run's outcome. `train` replaces
-    the real training call in tests."""
+    the real training call in tests (the run's row records the alias)."""
     engine = make_engine(settings.db_url)
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     try:
-        new = new_ratings_since_last_run(sessions)
-        if new < settings.train_min_new_ratings:
-            log.info("training skipped: %d new ratings, %d needed", new, settings.train_min_new_ratings)
+        if settings.max_segments:
+            with sessions.begin() as session:
+                for name in segments.ensure_segments(session, settings.segment_min_ratings, settings.max_segments):
+                    log.info("segment alias %s created", name)
+        configured = train_config(settings).alias
+        alias, new = due_alias(sessions, settings.train_min_new_ratings, configured)
+        if alias is None:
+            log.info("training skipped: new ratings %s, %d needed", new, settings.train_min_new_ratings)
             return "not_enough_data"
         done = run_exclusive(sessions, settings.train_method, timedelta(minutes=settings.train_lease_minutes),
-                             settings.data_dir / "runs", train or (lambda: _train(settings)))
+                             settings.data_dir / "runs", train or (lambda: _train(settings, alias)), alias=alias)
         if done.outcome == "busy":
             log.info("training skipped: another run holds the lease")
         return done.outcome
@@ -93,10 +132,10 @@ def train_config(settings: SchedulerSettings) -> TrainConfig:
                        *shlex.split(settings.train_args)])
 
 
-def _train(settings: SchedulerSettings) -> object:
+def _train(settings: SchedulerSettings, alias: str) -> object:
     from trainer.train import main
 
-    return main(train_config(settings))
+    return main(replace(train_config(settings), alias=alias))
 
 
 def tick() -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapters import experiments, registry
+from adapters import experiments, registry, segments
 from adapters.errors import AdapterNotFound
 from adapters.schema import AdapterEvent, AdapterVersion, Experiment
 from gateway.deps import Admin, State
@@ -118,3 +118,28 @@ async def pause(alias: str, body: Action, state: State, admin: Admin) -> dict:
 async def resume(alias: str, body: Action, state: State, admin: Admin) -> dict:
     return await _in_db(state, lambda s: experiment_json(
         experiments.resume(s, alias, actor=admin.name, reason=body.reason)), write=True)
+
+
+class CreateSegment(BaseModel):
+    segment: str = Field(description="Lower-case letters, digits, '_' and '-', at most 32.")
+    reason: str = ""
+
+
+@router.get("/segments")
+async def list_segments(state: State, _: Admin, alias: str | None = None) -> dict:
+    return {"data": await _in_db(state, lambda s: segments.overview(s, alias))}
+
+
+@router.get("/segments/{alias}")
+async def show_segment(alias: str, state: State, _: Admin) -> dict:
+    return await _in_db(state, lambda s: segments.describe(s, alias))
+
+
+@router.post("/aliases/{alias}/segments")
+async def create_segment(alias: str, body: CreateSegment, state: State, admin: Admin) -> dict:
+    def create(session: Session) -> dict:
+        row = segments.create(session, alias, body.segment, actor=admin.name, reason=body.reason,
+                              max_segments=state.settings.max_segments)
+        return {"alias": row.name, "parent": row.parent, "segment": row.segment}
+
+    return await _in_db(state, create, write=True)

@@ -101,6 +101,8 @@ class Forwarder:
             "x-request-id": ID_PREFIX[kind] + request_id,
             "x-loraloop-adapter-version": route.adapter or "",
             "x-loraloop-arm": route.arm,
+            "x-loraloop-alias": route.alias or "",  # `<alias>@<segment>` where a segment's alias served
+            "x-loraloop-segment": route.segment,
         }
         stream = bool(body.get("stream"))
         load_failed: AdapterLoadFailed | None = None

@@ -13,6 +13,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from adapters.segments import check_segment
 from gateway.auth import client_address
 from gateway.deps import Caller, State
 from gateway.interaction_log import Record
@@ -34,12 +35,15 @@ async def _complete(kind: str, request: Request) -> Response:
     regenerates = body.pop("regenerates", None) or headers.get("x-loraloop-regenerates")  # not for vLLM
     for name, value in (("user", end_user), ("regenerates", regenerates)):  # headers too
         check_length(name, value, MAX_LENGTHS[name])
-    route = await state.router.resolve(body["model"], end_user, caller.tenant)
+    segment = headers.get("x-loraloop-segment") or ""  # the app's cohort for this user (adapters/segments.py)
+    route = await state.router.resolve(body["model"], end_user, caller.tenant, segment and check_segment(segment))
     # the metrics middleware labels the request with its route
     request.scope.setdefault("state", {})["route_labels"] = (route.alias or "", route.adapter or "", route.arm)
     record = Record(
         id="", key_id=caller.key_id, tenant=caller.tenant, end_user=end_user,
-        requested_model=body["model"], adapter_version=route.adapter, arm=route.arm, kind=kind,
+        # a segment's alias where it served (its experiments and training read its own rows)
+        requested_model=route.alias or body["model"], segment=route.segment,
+        adapter_version=route.adapter, arm=route.arm, kind=kind,
         # the raw bytes, not the parsed body: they cost what they weigh while queued (parsed,
         # 4 MiB of `{}` was 97 MiB), and the writer thread parses them, off the request path
         request_body=raw if caller.log_prompts else b"",

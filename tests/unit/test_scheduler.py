@@ -31,9 +31,10 @@ def approved() -> SimpleNamespace:
     return SimpleNamespace(version="dpo-abc", examples=3, approved=True, reasons=[])
 
 
-def add_ratings(store: Store, n: int) -> None:
+def add_ratings(store: Store, n: int, tenant: str = "default") -> None:
+    """Ratings that can train alias `default` (shared: tenant "default"'s, trainer/data.py)."""
     for i in range(n):
-        store.rate(store.answer(f"q{store.n}-{i}", "text"), 1)
+        store.rate(store.answer(f"q{store.n}-{i}", "text", tenant=tenant), 1, tenant=tenant)
 
 
 def runs(store: Store) -> list[TrainingRun]:
@@ -51,6 +52,15 @@ def test_skips_until_enough_new_feedback(db_url: str, tmp_path: Path) -> None:
     [run] = runs(store)
     assert (run.outcome, run.version, run.examples) == ("approved", "dpo-abc", 3)
     assert run.finished_at is not None
+
+
+def test_ratings_that_cannot_train_the_alias_start_no_run(db_url: str, tmp_path: Path) -> None:
+    """Another tenant's ratings never train the shared alias (trainer/data.py), so they are not
+    new data for it: a run on them would train on nothing."""
+    store, settings = Store(db_url), settings_for(db_url, tmp_path)
+    add_ratings(store, 5, tenant="acme")
+    assert run_once(settings, approved) == "not_enough_data"
+    assert runs(store) == []
 
 
 def test_never_two_runs_at_once(db_url: str, tmp_path: Path) -> None:

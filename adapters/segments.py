@@ -1,0 +1,170 @@
+"""Segments: one alias, several groups of users who want different answers, each served its
+own adapter on the same base (vLLM batches them together).
+
+A segment of alias `support` is itself an alias, `support@formal`, with `parent` and
+`segment` set. So everything that works per alias works per segment with no special case:
+its champion, its experiments (canary vs champion on that segment's users only), its
+training runs (on that segment's feedback only: trainer/data.py `for_alias`), the audit
+trail, the metrics' `alias` label. A segment without a champion of its own serves the
+parent's, so creating one changes nothing for its users until a candidate trained on their
+feedback wins an A/B test among them.
+
+Where a user's segment comes from: the app declares it on each request (the
+`X-Loraloop-Segment` header, or `model="support@formal"`). A declared segment needs no
+setup: its requests are logged with the label (Interaction.segment) and served by the
+parent until the segment has an alias; the scheduler creates one (`ensure_segments`) once
+its users have rated `min_ratings` answers, for at most `max_segments` segments of an
+alias, the most rated first. The rest keep sharing the parent's champion, so adapter slots
+(vLLM's --max-loras) and metric label sets stay bounded whatever labels clients send.
+
+A declared segment is the request's own: it is never stored as the user's, so one client
+cannot move another client's users (or anyone's requests but its own) into a segment.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy.orm import Session
+
+from adapters import registry
+from adapters.errors import InvalidAdapter, InvalidRequest, NotFound
+from adapters.feedback import votes
+from adapters.schema import Alias, Interaction
+from adapters.settings import MAX_SEGMENTS
+
+SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # the part after the "@" of registry.SEGMENT_ALIAS_RE
+SEPARATOR = "@"  # not allowed in alias names (registry.NAME_RE), so a segment's name is never taken
+
+
+def check_segment(segment: str) -> str:
+    """`segment` if it is a valid segment name; InvalidRequest (a 400) otherwise."""
+    if not SEGMENT_RE.match(segment):
+        raise InvalidRequest(f"segment {segment[:40]!r} must match {SEGMENT_RE.pattern} "
+                             "(lower-case letters, digits, '_' and '-', at most 32)", param="segment")
+    return segment
+
+
+def segment_alias(parent: str, segment: str) -> str:
+    return f"{parent}{SEPARATOR}{segment}"
+
+
+def split_name(alias: str) -> tuple[str, str | None]:
+    """(parent, segment) of a segment's alias; (alias, None) for any other name."""
+    parent, sep, segment = alias.partition(SEPARATOR)
+    return (parent, segment) if sep else (alias, None)
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    alias: str
+    parent: str
+    segment: str
+    champion: str | None  # its own; None: it serves the parent's
+    tenant: str | None
+
+
+def create(session: Session, parent: str, segment: str, *, actor: str, reason: str = "",
+           max_segments: int = MAX_SEGMENTS) -> Alias:
+    """The segment's alias (idempotent), owned by the parent's tenant, serving the parent's
+    champion until it has its own. Refused past `max_segments` segments of the parent."""
+    check_segment(segment)
+    parent_row = registry.lock_alias(session, parent)
+    if parent_row.parent is not None:
+        raise InvalidAdapter(f"{parent!r} is itself a segment; segments have no segments", param="model")
+    name = segment_alias(parent, segment)
+    existing = session.get(Alias, name)
+    if existing is not None:
+        return existing
+    count = session.scalar(select(func.count()).select_from(Alias).where(Alias.parent == parent)) or 0
+    if count >= max_segments:
+        raise InvalidAdapter(f"alias {parent!r} has {count} segments, the most allowed (LORALOOP_MAX_SEGMENTS); "
+                             "its other segments share its champion", param="segment")
+    row = Alias(name=name, tenant=parent_row.tenant, parent=parent, segment=segment)
+    session.add(row)
+    registry.audit(session, "segment_create", actor, reason, alias=name, numbers={"parent": parent})
+    session.flush()
+    return row
+
+
+def list_segments(session: Session, parent: str | None = None) -> list[SegmentInfo]:
+    query = select(Alias).where(Alias.parent.is_not(None)).order_by(Alias.name)
+    if parent is not None:
+        query = query.where(Alias.parent == parent)
+    return [SegmentInfo(a.name, a.parent or "", a.segment or "", a.champion, a.tenant) for a in session.scalars(query)]
+
+
+def declared_counts(session: Session, parent: str) -> dict[str, tuple[int, int]]:
+    """segment label -> (answers, rated answers) of requests to `parent` that declared a
+    segment with no alias of its own yet: what `ensure_segments` chooses from. One vote per
+    answer (adapters/stats.py), so a key cannot make a segment look used by inventing raters."""
+    served = (Interaction.requested_model == parent) & (Interaction.segment != "")
+    vote = votes(served)
+    rated = dict(session.execute(
+        select(Interaction.segment, func.count()).select_from(vote)
+        .join(Interaction, vote.c.interaction_id == Interaction.id).where(served)
+        .group_by(Interaction.segment)).all())
+    answers = dict(session.execute(select(Interaction.segment, func.count()).where(served)
+                                   .group_by(Interaction.segment)).all())
+    return {label: (int(n), int(rated.get(label, 0))) for label, n in answers.items()}
+
+
+def ensure_segments(session: Session, min_ratings: int, max_segments: int = MAX_SEGMENTS,
+                    actor: str = "scheduler") -> list[str]:
+    """Creates the segment aliases that declared segments have earned: per alias, the most
+    rated labels with at least `min_ratings` rated answers, up to `max_segments` in all.
+    Returns the new aliases' names."""
+    created = []
+    for parent in session.scalars(select(Alias.name).where(Alias.parent.is_(None)).order_by(Alias.name)).all():
+        have = set(session.scalars(select(Alias.segment).where(Alias.parent == parent)))
+        counts = declared_counts(session, parent)  # labels with an alias keep their rows from before it
+        ranked = sorted(((rated, label) for label, (_, rated) in counts.items()
+                         if rated >= min_ratings and label not in have and SEGMENT_RE.match(label)), reverse=True)
+        for rated, label in ranked[:max(max_segments - len(have), 0)]:
+            create(session, parent, label, actor=actor, max_segments=max_segments,
+                   reason=f"{rated} rated answers of users who declared segment {label!r}")
+            created.append(segment_alias(parent, label))
+    return created
+
+
+def overview(session: Session, parent: str | None = None) -> list[dict]:
+    """Every segment's alias (of `parent`, or of all aliases), then the labels requests
+    declared that have no alias yet, with their answers and rated answers."""
+    listed: list[dict] = [{"alias": s.alias, "parent": s.parent, "segment": s.segment, "champion": s.champion,
+                           "tenant": s.tenant} for s in list_segments(session, parent)]
+    have = {s["alias"] for s in listed}
+    parents = [parent] if parent else list(session.scalars(select(Alias.name).where(Alias.parent.is_(None))
+                                                          .order_by(Alias.name)))
+    for name in parents:
+        for label, (answers, rated) in sorted(declared_counts(session, name).items()):
+            if segment_alias(name, label) not in have:
+                listed.append({"alias": None, "parent": name, "segment": label, "answers": answers, "rated": rated})
+    return listed
+
+
+def describe(session: Session, alias: str) -> dict:
+    """A segment's alias for operators: what it serves, its traffic and ratings (one vote per
+    answer), users, experiments and audit trail."""
+    from adapters.schema import AdapterEvent, Experiment
+
+    row = session.get(Alias, alias)
+    if row is None or row.parent is None:
+        raise NotFound(f"segment alias {alias!r} does not exist", param="alias")
+    mine = or_(Interaction.requested_model == alias,
+               and_(Interaction.requested_model == row.parent, Interaction.segment == row.segment))
+    answers, users = session.execute(select(func.count(), func.count(func.distinct(Interaction.end_user)))
+                                     .where(mine)).one()
+    vote = votes(mine)
+    rated, up = session.execute(select(func.count(), func.coalesce(func.sum(case((vote.c.rating > 0, 1), else_=0)), 0))
+                                .select_from(vote)).one()
+    runs = session.scalars(select(Experiment).where(Experiment.alias == alias).order_by(Experiment.id.desc()))
+    events = session.scalars(select(AdapterEvent).where(AdapterEvent.alias == alias).order_by(AdapterEvent.id))
+    return {"alias": alias, "parent": row.parent, "segment": row.segment, "tenant": row.tenant,
+            "champion": row.champion, "serves": registry.effective_champion(session, row),
+            "answers": int(answers), "users": int(users), "rated": int(rated), "liked": int(up),
+            "experiments": [{"id": e.id, "canary": e.canary, "champion": e.champion, "status": e.status,
+                             "reason": e.reason} for e in runs],
+            "history": [{"at": ev.at.isoformat(), "action": ev.action, "version": ev.version, "actor": ev.actor,
+                         "reason": ev.reason} for ev in events]}

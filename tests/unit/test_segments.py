@@ -1,0 +1,181 @@
+"""Segments (adapters/segments.py) through the gateway (fake vLLM, real SQLite and PostgreSQL)
+and in the trainer's data and scheduler: routing by the declared segment, one segment's
+experiment and training never touching another's users or feedback, the caps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from adapters import experiments, registry, segments
+from adapters.db import make_engine, make_sessionmaker
+from adapters.errors import InvalidAdapter, InvalidRequest, NotFound
+from adapters.schema import AdapterEvent, Interaction, TrainingRun
+from tests.unit.harness import Gateway, chat
+from tests.unit.test_experiments import refresh
+from tests.unit.test_preference_data import Store
+from tests.unit.test_scheduler import approved, settings_for
+from trainer.data import DataConfig, for_alias, rated_answers
+from trainer.scheduler import run_once
+
+FORMAL = {"x-loraloop-segment": "formal"}
+
+
+@pytest.fixture
+def db(gw: Gateway):  # type: ignore[no-untyped-def]
+    engine = make_engine(gw.settings.db_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def served(gw: Gateway, user: str, headers: dict | None = None, model: str = "default") -> tuple[str, str, str]:
+    """(adapter version, alias, segment) that answered, as the response headers say."""
+    h = chat(gw.sdk(), model, user=user, extra_headers=headers or {}).headers
+    return h["x-loraloop-adapter-version"], h["x-loraloop-alias"], h["x-loraloop-segment"]
+
+
+def logged(gw: Gateway, db) -> list[tuple[str, str, str | None]]:  # type: ignore[no-untyped-def]
+    gw.http.portal.call(gw.http.app.state.gateway.log.flush)
+    with db() as session:
+        return [(i.requested_model, i.segment, i.adapter_version)
+                for i in session.scalars(select(Interaction).order_by(Interaction.created_at))]
+
+
+def test_a_declared_segment_is_served_by_the_alias_until_it_has_its_own(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    assert served(gw, "ada", FORMAL) == (gw.champion, "default", "formal")
+    with db.begin() as session:
+        segments.create(session, "default", "formal", actor="ops", reason="formal customers")
+    refresh(gw)
+    # its own alias now, serving the alias's champion: nothing changes for its users yet
+    assert served(gw, "ada", FORMAL) == (gw.champion, "default@formal", "formal")
+    with db.begin() as session:
+        registry.set_champion(session, "default@formal", gw.pinned, actor="ops")
+    refresh(gw)
+    assert served(gw, "ada", FORMAL) == (gw.pinned, "default@formal", "formal")
+    assert served(gw, "bob") == (gw.champion, "default", "")  # no segment: the alias's champion
+    assert served(gw, "cy", {"x-loraloop-segment": "casual"}) == (gw.champion, "default", "casual")
+    assert served(gw, "dan", model="default@formal") == (gw.pinned, "default@formal", "formal")  # named directly
+    assert logged(gw, db) == [("default", "formal", gw.champion), ("default@formal", "formal", gw.champion),
+                              ("default@formal", "formal", gw.pinned), ("default", "", gw.champion),
+                              ("default", "casual", gw.champion), ("default@formal", "formal", gw.pinned)]
+    with db() as session:
+        [event] = session.scalars(select(AdapterEvent).where(AdapterEvent.action == "segment_create"))
+        assert (event.alias, event.actor, event.reason) == ("default@formal", "ops", "formal customers")
+
+
+@pytest.mark.parametrize("segment", ["Formal", "a b", "x" * 33, "-lead", "\xe9".encode("latin-1"), b"\xff\xfe",
+                                     "formal@x"])
+def test_a_bad_segment_is_refused_and_logs_nothing(gw: Gateway, db, segment: str | bytes) -> None:  # type: ignore[no-untyped-def]
+    response = gw.http.post("/v1/chat/completions", json={"model": "default", "messages": [{"role": "user",
+                                                                                            "content": "hi"}]},
+                            headers={"authorization": f"Bearer {gw.app_key}", "x-loraloop-segment": segment})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "segment"
+    assert logged(gw, db) == []
+
+
+def test_a_segments_experiment_reaches_only_its_users(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    with db.begin() as session:
+        segments.create(session, "default", "formal", actor="ops")
+        experiment = experiments.start(session, "default@formal", gw.pinned, 0.5, 24, actor="ops")
+        assert experiment.champion == gw.champion  # a segment without its own: tested against the alias's
+    refresh(gw)
+    formal = {served(gw, f"u{i}", FORMAL)[0] for i in range(40)}
+    others = {served(gw, f"u{i}")[0] for i in range(40)}
+    assert formal == {gw.pinned, gw.champion}
+    assert others == {gw.champion}  # the canary of one segment never reaches anyone else
+    with db.begin() as session:
+        experiments.promote(session, "default@formal", actor="ops")
+    refresh(gw)
+    assert {served(gw, f"u{i}", FORMAL)[0] for i in range(10)} == {gw.pinned}
+    assert {served(gw, f"u{i}")[0] for i in range(10)} == {gw.champion}
+    with db() as session:
+        assert registry.snapshot(session).aliases["default"] == gw.champion  # the alias kept its champion
+
+
+def test_segments_are_capped_per_alias(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    with db.begin() as session:
+        for name in ("a", "b"):
+            segments.create(session, "default", name, actor="ops", max_segments=2)
+        with pytest.raises(InvalidAdapter, match="most allowed"):
+            segments.create(session, "default", "c", actor="ops", max_segments=2)
+        with pytest.raises(InvalidAdapter, match="itself a segment"):
+            segments.create(session, "default@a", "x", actor="ops")
+        with pytest.raises(NotFound):
+            segments.create(session, "nope", "x", actor="ops")
+        with pytest.raises(InvalidRequest):
+            segments.create(session, "default", "Bad Name", actor="ops")
+        with pytest.raises(NotFound):  # a segment's alias is made by segments.create only
+            registry.set_champion(session, "default@z", gw.pinned)
+
+
+def test_declared_segments_earn_an_alias_by_rated_answers_most_rated_first(db_url: str) -> None:
+    store = Store(db_url)
+    for label, rated in (("big", 5), ("mid", 3), ("small", 1)):
+        for i in range(rated + 2):
+            answer = store.answer(f"{label} {i}", "text", user=f"{label}-{i}", segment=label)
+            if i < rated:
+                store.rate(answer, 1)
+    stuffed = store.answer("stuffed", "text", user="victim", segment="stuffed")
+    for fake in range(10):  # one answer rated under ten invented users is one vote
+        store.rate(stuffed, 1, user=f"fake-{fake}")
+    with store.sessions.begin() as session:
+        assert segments.declared_counts(session, "default")["big"] == (7, 5)
+        assert segments.ensure_segments(session, min_ratings=2, max_segments=2) == ["default@big", "default@mid"]
+        assert segments.ensure_segments(session, min_ratings=2, max_segments=2) == []  # none twice, cap kept
+        listed = segments.overview(session, "default")
+    assert [(s["alias"], s["segment"]) for s in listed] == [
+        ("default@big", "big"), ("default@mid", "mid"), (None, "small"), (None, "stuffed")]
+
+
+def test_a_segment_trains_on_its_own_feedback_and_the_alias_on_the_rest(db_url: str) -> None:
+    """Its rows from before it had an alias count for it; what it served since, for it only."""
+    store = Store(db_url)
+    ids = {"plain": store.answer("p", "plain", segment=""),
+           "formal-early": store.answer("f1", "formal early", segment="formal"),
+           "formal-late": store.answer("f2", "formal late", segment="formal", model="default@formal"),
+           "casual": store.answer("c", "casual", segment="casual"),
+           "other-alias": store.answer("o", "other", model="support")}
+    for answer in ids.values():
+        store.rate(answer, 1)
+    with store.sessions.begin() as session:
+        session.add(registry.Alias(name="support"))
+        session.flush()
+        segments.create(session, "default", "formal", actor="ops")
+
+    def trains(alias: str) -> set[str]:
+        with store.session() as session:
+            cfg = for_alias(session, alias, DataConfig(heldout_fraction=0.0, cross_tenant=True))
+            return {a.text for a in rated_answers(session, cfg)}
+
+    assert trains("default@formal") == {"formal early", "formal late"}
+    # any other alias, as before segments: its tenants' feedback (trainer/data.py), less the segment's
+    assert trains("default") == trains("support") == {"plain", "casual", "other"}
+
+
+def test_the_scheduler_trains_each_alias_in_turn_on_its_own_new_ratings(db_url: str, tmp_path: Path) -> None:
+    store, settings = Store(db_url), settings_for(db_url, tmp_path, segment_min_ratings=3)
+    for i in range(3):
+        store.rate(store.answer(f"f{i}", "text", segment="formal", tenant="default"), 1, tenant="default")
+    for i in range(4):
+        store.rate(store.answer(f"p{i}", "text", tenant="default"), 1, tenant="default")
+
+    def trained() -> list[str | None]:
+        with store.session() as session:
+            return list(session.scalars(select(TrainingRun.alias).order_by(TrainingRun.id)))
+
+    # the tick creates default@formal (3 rated answers), then trains the alias never trained
+    # with the most new ratings: "default" (its 4) before the segment (its 3)
+    assert run_once(settings, approved) == "approved"
+    assert trained() == ["default"]
+    assert run_once(settings, approved) == "approved"
+    assert trained() == ["default", "default@formal"]
+    assert run_once(settings, approved) == "not_enough_data"
+    for i in range(3):  # new ratings of the segment count for it, not for the alias
+        store.rate(store.answer(f"g{i}", "text", segment="formal", model="default@formal", tenant="default"), 1,
+                   tenant="default")
+    assert run_once(settings, approved) == "approved"
+    assert trained() == ["default", "default@formal", "default@formal"]
+    assert run_once(settings, approved) == "not_enough_data"
