@@ -96,19 +96,21 @@ def list_segments(session: Session, parent: str | None = None) -> list[SegmentIn
     return [SegmentInfo(a.name, a.parent or "", a.segment or "", a.champion, a.tenant) for a in session.scalars(query)]
 
 
-def declared_counts(session: Session, parent: str) -> dict[str, tuple[int, int]]:
+def declared_counts(session: Session, parent: str, min_rated: int = 0, limit: int = 100) -> dict[str, tuple[int, int]]:
     """segment label -> (answers, rated answers) of requests to `parent` that declared a
-    segment with no alias of its own yet: what `ensure_segments` chooses from. One vote per
-    answer (adapters/stats.py), so a key cannot make a segment look used by inventing raters."""
+    segment with no alias of its own yet, the `limit` most rated with at least `min_rated`:
+    what `ensure_segments` chooses from. Bounded in SQL, so a client sending a million labels
+    costs a GROUP BY, not a million-entry dict. One vote per answer (adapters/feedback.py),
+    so a key cannot make a segment look used by inventing raters."""
     served = (Interaction.requested_model == parent) & (Interaction.segment != "")
     vote = votes(served)
-    rated = dict(session.execute(
-        select(Interaction.segment, func.count()).select_from(vote)
-        .join(Interaction, vote.c.interaction_id == Interaction.id).where(served)
-        .group_by(Interaction.segment)).all())
-    answers = dict(session.execute(select(Interaction.segment, func.count()).where(served)
-                                   .group_by(Interaction.segment)).all())
-    return {label: (int(n), int(rated.get(label, 0))) for label, n in answers.items()}
+    rated = func.count(vote.c.interaction_id)
+    rows = session.execute(
+        select(Interaction.segment, func.count(), rated)
+        .select_from(Interaction).outerjoin(vote, vote.c.interaction_id == Interaction.id).where(served)
+        .group_by(Interaction.segment).having(rated >= min_rated)
+        .order_by(rated.desc(), Interaction.segment).limit(limit))
+    return {label: (int(n), int(r)) for label, n, r in rows}
 
 
 def ensure_segments(session: Session, min_ratings: int, max_segments: int = MAX_SEGMENTS,
@@ -119,10 +121,13 @@ def ensure_segments(session: Session, min_ratings: int, max_segments: int = MAX_
     created = []
     for parent in session.scalars(select(Alias.name).where(Alias.parent.is_(None)).order_by(Alias.name)).all():
         have = set(session.scalars(select(Alias.segment).where(Alias.parent == parent)))
-        counts = declared_counts(session, parent)  # labels with an alias keep their rows from before it
-        ranked = sorted(((rated, label) for label, (_, rated) in counts.items()
-                         if rated >= min_ratings and label not in have and SEGMENT_RE.match(label)), reverse=True)
-        for rated, label in ranked[:max(max_segments - len(have), 0)]:
+        if len(have) >= max_segments:
+            continue
+        # labels with an alias keep their rows from before it: asked for past them
+        counts = declared_counts(session, parent, min_ratings, limit=max_segments + len(have))
+        ranked = [(rated, label) for label, (_, rated) in counts.items()
+                  if label not in have and SEGMENT_RE.match(label)]
+        for rated, label in ranked[:max_segments - len(have)]:
             create(session, parent, label, actor=actor, max_segments=max_segments,
                    reason=f"{rated} rated answers of users who declared segment {label!r}")
             created.append(segment_alias(parent, label))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ class Population:
     max_tokens: int = 64
     regenerate: float = 0.0  # chance that a user who disliked an answer asks again (a DPO pair)
     habits: Habits = IDEAL
+    # the app knows each user's persona and says so (X-Loraloop-Segment: adapters/segments.py)
+    declare_segments: bool = False
     rated: list[Rated] = field(default_factory=list)  # every answer, thumbed or not
     failures: list[str] = field(default_factory=list)
     requests: int = 0
@@ -160,7 +163,8 @@ class Population:
             raw = client.chat.completions.with_raw_response.create(
                 model="default", user=user, messages=[{"role": "user", "content": text}],
                 max_tokens=self.max_tokens, temperature=1.0,
-                extra_body={"regenerates": regenerates} if regenerates else None)
+                extra_body={"regenerates": regenerates} if regenerates else None,
+                extra_headers={"x-loraloop-segment": segment_of(taste)} if self.declare_segments else None)
             answer = raw.parse()
             liked = taste.likes(text, answer.choices[0].message.content or "")
             thumb = self.habits.thumb(liked, rng)
@@ -182,6 +186,11 @@ class Population:
     def switch(self, taste: Persona) -> None:
         """The users' taste changes (the scripted scenario); the system is not told."""
         self.mix = [(taste, 1.0)]
+
+
+def segment_of(taste: Persona) -> str:
+    """The segment name an app would declare for users of `taste` (adapters/segments.py's rule)."""
+    return (re.sub(r"[^a-z0-9_-]+", "-", taste.name.lower()).strip("-_") or "users")[:32]
 
 
 def heldout_rate(base_url: str, model: str, persona: Persona, n: int = 300, seed: int = 7,

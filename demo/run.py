@@ -28,7 +28,7 @@ import httpx
 from adapters.settings import DEMO_MODEL_NAME
 from demo import report
 from demo.personas import AXES, BUILT_IN, persona
-from demo.population import IDEAL, REALISTIC, Habits, Mix, Population, heldout_rates, parse_mix
+from demo.population import IDEAL, REALISTIC, Habits, Mix, Population, heldout_rates, parse_mix, segment_of
 
 OPPOSITE = {"formal": "casual", "casual": "formal", "short": "long", "long": "short", "question": "no-question",
             "no-question": "question", "name": "no-name", "no-name": "name"}
@@ -48,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-liked", type=float, help="share of liked answers that get a thumb")
     p.add_argument("--rate-disliked", type=float, help="share of disliked answers that get a thumb")
     p.add_argument("--noise", type=float, help="share of thumbs flipped")
+    p.add_argument("--declare-segments", action="store_true",
+                   help="with --mix: the app declares each user's persona as their segment (X-Loraloop-Segment), "
+                        "so each persona gets an adapter of its own; the target is then every persona's")
     p.add_argument("--scenario", choices=["learn", "taste-change"], default="learn",
                    help="taste-change: the users' taste flips when the first experiment starts (a rollback)")
     p.add_argument("--minutes", type=float, default=15, help="wall-time limit")
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
                                             any(a not in OPPOSITE for a in args.persona.split("+"))):
         raise SystemExit("loraloop demo: --scenario taste-change needs one built-in persona of style axes "
                          f"({', '.join(OPPOSITE)}, joined with +)")
+    if args.declare_segments and len(mix) < 2:
+        raise SystemExit("loraloop demo: --declare-segments needs a --mix of at least two personas")
     rating = habits(args)
     home = Path(os.environ.get("LORALOOP_DATA_DIR", Path.home() / ".local/share/loraloop"))
     data = args.data_dir or home / "demo" / time.strftime("%Y%m%d-%H%M%S")
@@ -107,7 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
            "LORALOOP_EXPERIMENTS__DEFAULT_SHARE": str(args.share),
            "LORALOOP_EXPERIMENTS__DEFAULT_MAX_HOURS": str(max(args.minutes, 5) / 60 / 2),
            "LORALOOP_TRAIN_INTERVAL_MINUTES": "0.25", "LORALOOP_TRAIN_MIN_NEW_RATINGS": str(args.train_every),
-           "LORALOOP_TRAIN_METHOD": args.method, "LORALOOP_TRAIN_STEPS": str(args.steps)}
+           "LORALOOP_TRAIN_METHOD": args.method, "LORALOOP_TRAIN_STEPS": str(args.steps),
+           # a declared segment gets its own alias after its first few thumbs, not 50
+           "LORALOOP_SEGMENT_MIN_RATINGS": "20"}
     url = f"http://127.0.0.1:{args.port}"
     children: list[subprocess.Popen] = []
     signal.signal(signal.SIGTERM, _interrupt)
@@ -141,7 +148,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: dict) -> dict:
     users = Population(url, mix, users=args.users, concurrency=args.concurrency, seed=args.seed,
-                       regenerate=args.regenerate, habits=rating)
+                       regenerate=args.regenerate, habits=rating, declare_segments=args.declare_segments)
+    # with declared segments, each persona's own champion, measured on its own users' share
+    segment_best = {segment_of(taste): base["per_persona"][taste.name] for taste, _ in mix} \
+        if args.declare_segments else {}
     users.start()
     admin = httpx.Client(base_url=url, timeout=30)
     events: list[dict] = []
@@ -162,9 +172,9 @@ def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: di
                 action = {"running": "started", "promoted": "promoted", "rolled_back": "rolled_back"}.get(e["status"])
                 if action is None:
                     continue
-                events.append({"at": round(now, 1), "action": action, "version": e["canary"],
+                events.append({"at": round(now, 1), "action": action, "version": e["canary"], "alias": e["alias"],
                                "reason": e["reason"] or ""})
-                print(f"[{now / 60:5.1f} min] experiment {e['id']}: {e['canary']} {action}"
+                print(f"[{now / 60:5.1f} min] experiment {e['id']} on {e['alias']}: {e['canary']} {action}"
                       f"{': ' + e['reason'] if e['reason'] else ''}", flush=True)
                 if action == "started" and args.scenario == "taste-change" and \
                         not any(ev["action"] == "taste_changed" for ev in events):
@@ -173,7 +183,18 @@ def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: di
                     events.append({"at": round(now, 1), "action": "taste_changed", "version": flipped,
                                    "reason": f"users now like {flipped}; the system is not told"})
                     print(f"[{now / 60:5.1f} min] the users' taste changes to {flipped}", flush=True)
-                if action == "promoted":
+                if action == "promoted" and "@" in e["alias"]:  # a declared segment's own champion
+                    segment = e["alias"].partition("@")[2]
+                    [(taste, share)] = [(t, sh) for t, sh in users.mix if segment_of(t) == segment]
+                    heldout = measure(url, e["canary"], [(taste, 1.0)], round(args.heldout_n * share))
+                    segment_best[segment] = heldout
+                    generations.append({"version": e["canary"], "alias": e["alias"], "heldout": heldout,
+                                        "promoted_at": round(now, 1)})
+                    print(f"[{now / 60:5.1f} min] {e['alias']} generation ({e['canary']}): {heldout['rate']:.2f} "
+                          f"on its users' held-out prompts {heldout['ci95']}", flush=True)
+                    if all(h["rate"] >= args.target for h in segment_best.values()):
+                        reached_at = now
+                elif action == "promoted":
                     champion_heldout = measure(url, e["canary"], users.mix, args.heldout_n)
                     generations.append({"version": e["canary"], "heldout": champion_heldout,
                                         "promoted_at": round(now, 1)})
@@ -202,6 +223,7 @@ def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: di
         "reached_target": reached_at is not None, "interrupted": interrupted,
         "minutes_to_target": round(reached_at / 60, 2) if reached_at is not None else None,
         "generations": generations, "live": report.live_rates(users.rated), "events": events,
+        **({"segment_champions": segment_best} if args.declare_segments else {}),
         "_rated": users.rated,
     }
 

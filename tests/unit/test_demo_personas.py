@@ -129,3 +129,12 @@ def test_the_report_puts_true_and_observed_rates_side_by_side() -> None:
     assert (rates["observed"]["liked"], rates["observed"]["rated"]) == (1, 3)
     assert rates["per_persona"]["formal"]["true"]["rate"] == 1.0
     assert rates["per_persona"]["formal"]["observed"]["rated"] == 1
+
+
+def test_each_built_in_persona_declares_its_own_valid_segment() -> None:
+    from adapters.segments import SEGMENT_RE
+    from demo.population import segment_of
+
+    names = [segment_of(persona(name)) for name in [*BUILT_IN, "casual"]]
+    assert all(SEGMENT_RE.match(n) for n in names)
+    assert len(set(names)) == len(names)

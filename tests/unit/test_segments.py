@@ -12,6 +12,7 @@ from sqlalchemy import select
 from adapters import experiments, registry, segments
 from adapters.db import make_engine, make_sessionmaker
 from adapters.errors import InvalidAdapter, InvalidRequest, NotFound
+from adapters.feedback import write_interactions
 from adapters.schema import AdapterEvent, Interaction, TrainingRun
 from tests.unit.harness import Gateway, chat
 from tests.unit.test_experiments import refresh
@@ -130,6 +131,23 @@ def test_declared_segments_earn_an_alias_by_rated_answers_most_rated_first(db_ur
         ("default@big", "big"), ("default@mid", "mid"), (None, "small"), (None, "stuffed")]
 
 
+def test_a_client_sending_thousands_of_labels_gets_a_bounded_answer(db_url: str) -> None:
+    """Labels cost the scheduler a GROUP BY with a LIMIT, whatever their number; the used ones win."""
+    store = Store(db_url)
+    rows = [{"id": f"chatcmpl-spam-{i}", "key_id": 1, "tenant": "t", "end_user": "spam", "requested_model": "default",
+             "adapter_version": None, "arm": "champion", "kind": "chat", "prompt": [], "response": "x",
+             "finish_reason": "stop", "status": 200, "latency_ms": 1.0, "segment": f"spam-{i}"} for i in range(3000)]
+    with store.sessions.begin() as session:
+        write_interactions(session, rows)
+    for i in range(3):
+        store.rate(store.answer(f"q{i}", "text", user=f"u{i}", segment="real"), 1)
+    with store.sessions.begin() as session:
+        top = segments.declared_counts(session, "default", limit=5)
+        assert len(top) == 5 and top["real"] == (3, 3)
+        assert segments.declared_counts(session, "default", min_rated=1) == {"real": (3, 3)}
+        assert segments.ensure_segments(session, min_ratings=3) == ["default@real"]
+
+
 def test_a_segment_trains_on_its_own_feedback_and_the_alias_on_the_rest(db_url: str) -> None:
     """Its rows from before it had an alias count for it; what it served since, for it only."""
     store = Store(db_url)
@@ -179,3 +197,24 @@ def test_the_scheduler_trains_each_alias_in_turn_on_its_own_new_ratings(db_url: 
     assert run_once(settings, approved) == "approved"
     assert trained() == ["default", "default@formal", "default@formal"]
     assert run_once(settings, approved) == "not_enough_data"
+
+
+def test_operators_create_and_inspect_segments_through_the_admin_api(gw: Gateway) -> None:
+    admin, app = ({"authorization": f"Bearer {k}"} for k in (gw.admin_key, gw.app_key))
+    served(gw, "ada", FORMAL)
+    assert gw.http.post("/admin/aliases/default/segments", json={"segment": "formal"}, headers=app).status_code == 403
+    created = gw.http.post("/admin/aliases/default/segments", json={"segment": "formal", "reason": "cohort"},
+                           headers=admin)
+    assert created.json() == {"alias": "default@formal", "parent": "default", "segment": "formal"}
+    # the creating replica routes by it at once
+    assert served(gw, "ada", FORMAL) == (gw.champion, "default@formal", "formal")
+    served(gw, "bob", {"x-loraloop-segment": "casual"})
+    gw.http.portal.call(gw.http.app.state.gateway.log.flush)
+    listed = gw.http.get("/admin/segments", headers=admin).json()["data"]
+    assert [(s["alias"], s["segment"]) for s in listed] == [("default@formal", "formal"), (None, "casual")]
+    shown = gw.http.get("/admin/segments/default@formal", headers=admin).json()
+    assert (shown["serves"], shown["champion"], shown["answers"], shown["users"]) == (gw.champion, None, 2, 1)
+    assert [h["action"] for h in shown["history"]] == ["segment_create"]
+    bad = gw.http.post("/admin/aliases/default/segments", json={"segment": "No Spaces"}, headers=admin)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "segment"
+    assert gw.http.get("/admin/segments/default", headers=admin).status_code == 404
