@@ -1,7 +1,8 @@
 """The loop measured by the demo itself: for each built-in persona (the request-dependent
 ones included) and a custom judge, does the promoted champion reach 0.85 thumbs-up on
 held-out prompts in time, with zero failed requests? Does the taste-change scenario roll
-back? And what does a 50/50 mix of opposite tastes get?
+back? And what does a 50/50 mix of opposite tastes get, with one adapter and with one per
+declared segment?
 
     python bench/demo_loop.py [--runs formal,short,...] [--minutes 15] [--regime realistic]
 
@@ -34,6 +35,8 @@ RUNS = {
     "formal-for-errands": ["--persona", "formal-for-errands"],
     "long-for-advice": ["--persona", "long-for-advice"],
     "mix formal/casual": ["--mix", "formal:0.5,casual:0.5"],
+    # the app declares each user's persona as their segment: one adapter per half (adapters/segments.py)
+    "mix formal/casual, declared segments": ["--mix", "formal:0.5,casual:0.5", "--declare-segments"],
 }
 
 
@@ -77,7 +80,10 @@ def main() -> None:
         summary = run(name, [*RUNS[name], "--regime", args.regime, *shlex.split(args.demo_args)], args.minutes, root)
         print(row(name, summary), flush=True)
         per_persona = summary["champion_heldout"].get("per_persona")
-        if per_persona:
+        if summary.get("segment_champions"):  # each segment's own champion, on its own users
+            print("|   per segment | " + ", ".join(f"{s}: {r['rate']:.2f} {tuple(r['ci95'])}"
+                                                 for s, r in summary["segment_champions"].items()) + " |")
+        elif per_persona:
             print("|   per persona | " + ", ".join(f"{p}: {r['rate']:.2f}" for p, r in per_persona.items()) + " |")
     print(f"(reports under {root})")
 

@@ -241,12 +241,14 @@ def _sha256_lines(examples: list[dict]) -> str:
 
 
 def champion_of(db_url: str, alias: str) -> tuple[str | None, Path | None]:
-    """The alias's champion: (version name, adapter folder); (None, None) for the base model."""
+    """What the alias serves: (version name, adapter folder), a segment's alias without a
+    champion of its own its parent's (what its users get, what its canary is tested against);
+    (None, None) for the base model."""
     from adapters import registry
 
     with _session(db_url) as session:
         table = registry.snapshot(session)
-    champion = table.aliases.get(alias)
+    champion = table.champion(alias)
     return (champion, Path(table.versions[champion])) if champion in table.versions else (None, None)
 
 

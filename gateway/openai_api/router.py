@@ -69,6 +69,6 @@ async def list_models(state: State, caller: Caller) -> dict:
     created = int(time.time())
     return {"object": "list", "data": [
         {"id": model_id, "object": "model", "created": created, "owned_by": "loraloop",
-         "kind": kind, **({"champion": state.router.table.aliases.get(model_id)} if kind == "alias" else {})}
+         "kind": kind, **({"champion": state.router.table.champion(model_id)} if kind == "alias" else {})}
         for model_id, kind in state.router.model_ids(caller.tenant)
     ]}

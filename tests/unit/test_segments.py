@@ -20,6 +20,7 @@ from tests.unit.test_preference_data import Store
 from tests.unit.test_scheduler import approved, settings_for
 from trainer.data import DataConfig, for_alias, rated_answers
 from trainer.scheduler import run_once
+from trainer.train import champion_of
 
 FORMAL = {"x-loraloop-segment": "formal"}
 
@@ -51,6 +52,8 @@ def test_a_declared_segment_is_served_by_the_alias_until_it_has_its_own(gw: Gate
     refresh(gw)
     # its own alias now, serving the alias's champion: nothing changes for its users yet
     assert served(gw, "ada", FORMAL) == (gw.champion, "default@formal", "formal")
+    models = {m.id: m for m in gw.sdk().models.list()}
+    assert models["default@formal"].model_extra == {"kind": "alias", "champion": gw.champion}
     with db.begin() as session:
         registry.set_champion(session, "default@formal", gw.pinned, actor="ops")
     refresh(gw)
@@ -85,6 +88,8 @@ def test_a_segments_experiment_reaches_only_its_users(gw: Gateway, db) -> None: 
     refresh(gw)
     formal = {served(gw, f"u{i}", FORMAL)[0] for i in range(40)}
     others = {served(gw, f"u{i}")[0] for i in range(40)}
+    # what its candidates sample from, and the gate compares with: what its users get
+    assert champion_of(gw.settings.db_url, "default@formal")[0] == gw.champion
     assert formal == {gw.pinned, gw.champion}
     assert others == {gw.champion}  # the canary of one segment never reaches anyone else
     with db.begin() as session:
