@@ -42,6 +42,7 @@ class Split:
     experiment: int
     canary: str
     share: float
+    champion: str | None = None  # what it is tested against (for a segment: fixed for the experiment)
 
 
 @dataclass(frozen=True)
@@ -182,10 +183,21 @@ def set_champion(session: Session, alias: str, name: str, *, actor: str = "syste
     session.flush()
 
 
-def rollback_champion(session: Session, alias: str, *, actor: str, reason: str = "") -> str:
-    """Puts the alias's previous champion back; the current one retires. Returns the name."""
+def rollback_champion(session: Session, alias: str, *, actor: str, reason: str = "") -> str | None:
+    """Puts the alias's previous champion back; the current one retires. Returns what the
+    alias serves now (None: the base model; a segment's first champion gives way to what its
+    parent serves)."""
     row = lock_alias(session, alias)
     current, previous = row.champion, row.previous_champion
+    if current is not None and previous is None and row.parent is not None:
+        # a segment's first champion: back to serving its parent's
+        if not _champion_elsewhere(session, current, alias):
+            transition(session, current, S.retired, actor=actor, reason=reason or "rolled back", alias=alias)
+        audit(session, "segment_follow_parent", actor, reason or f"rollback from {current}", alias=alias,
+              version=current)
+        row.champion = None
+        session.flush()
+        return effective_champion(session, row)
     if previous is None or current is None:
         raise InvalidTransition(f"alias {alias!r} has no previous champion to roll back to")
     transition(session, previous, S.champion, actor=actor, reason=reason or f"rollback from {current}", alias=alias)
@@ -208,7 +220,7 @@ def snapshot(session: Session) -> RoutingSnapshot:
     retired = frozenset(v.name for v in rows if v.state == S.retired)
     alias_rows = list(session.scalars(select(Alias)))
     aliases = {a.name: a.champion for a in alias_rows}
-    splits = {e.alias: Split(e.id, e.canary, e.canary_share)
+    splits = {e.alias: Split(e.id, e.canary, e.canary_share, e.champion)
               for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}
     owners = {row.name: row.tenant for row in [*rows, *alias_rows] if row.tenant is not None}  # type: ignore[attr-defined]
     parents = {a.name: a.parent for a in alias_rows if a.parent is not None}

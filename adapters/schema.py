@@ -161,7 +161,9 @@ class Interaction(Base):
 
     __tablename__ = "interactions"
     # the experiment judge's rows: one alias's traffic since its experiment started
-    __table_args__ = (Index("ix_interactions_requested_model_created_at", "requested_model", "created_at"),)
+    __table_args__ = (Index("ix_interactions_requested_model_created_at", "requested_model", "created_at"),
+                      # the scheduler's count of each declared segment's answers (adapters/segments.py)
+                      Index("ix_interactions_requested_model_segment", "requested_model", "segment"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the completion's id
     key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -197,7 +199,8 @@ class Feedback(Base):
     rating: Mapped[int] = mapped_column(SmallInteger)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # indexed: the scheduler counts each alias's ratings since its last run, every tick
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 
 class Lease(Base):

@@ -10,12 +10,13 @@ parent's, so creating one changes nothing for its users until a candidate traine
 feedback wins an A/B test among them.
 
 Where a user's segment comes from: the app declares it on each request (the
-`X-Loraloop-Segment` header, or `model="support@formal"`). A declared segment needs no
-setup: its requests are logged with the label (Interaction.segment) and served by the
-parent until the segment has an alias; the scheduler creates one (`ensure_segments`) once
-its users have rated `min_ratings` answers, for at most `max_segments` segments of an
-alias, the most rated first. The rest keep sharing the parent's champion, so adapter slots
-(vLLM's --max-loras) and metric label sets stay bounded whatever labels clients send.
+`X-Loraloop-Segment` header; `model="support@formal"` names an existing segment's alias).
+A declared segment needs no setup: its requests are logged with the label
+(Interaction.segment) and served by the parent until the segment has an alias; the
+scheduler creates one (`ensure_segments`) once its users (of the tenant whose feedback
+trains the parent) have rated `min_ratings` answers, for at most `max_segments` segments of
+an alias, the most rated first. The rest keep sharing the parent's champion, so the
+adapters in use and metric label sets stay bounded whatever labels clients send.
 
 A declared segment is the request's own: it is never stored as the user's, so one client
 cannot move another client's users (or anyone's requests but its own) into a segment.
@@ -27,7 +28,7 @@ import re
 from dataclasses import dataclass
 
 from sqlalchemy import and_, case, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import registry
 from adapters.errors import InvalidAdapter, InvalidRequest, NotFound
@@ -96,13 +97,19 @@ def list_segments(session: Session, parent: str | None = None) -> list[SegmentIn
     return [SegmentInfo(a.name, a.parent or "", a.segment or "", a.champion, a.tenant) for a in session.scalars(query)]
 
 
+DEFAULT_TENANT = "default"  # a shared alias's segments are earned by this tenant's users (trainer/data.py's rule)
+
+
 def declared_counts(session: Session, parent: str, min_rated: int = 0, limit: int = 100) -> dict[str, tuple[int, int]]:
     """segment label -> (answers, rated answers) of requests to `parent` that declared a
-    segment with no alias of its own yet, the `limit` most rated with at least `min_rated`:
-    what `ensure_segments` chooses from. Bounded in SQL, so a client sending a million labels
-    costs a GROUP BY, not a million-entry dict. One vote per answer (adapters/feedback.py),
-    so a key cannot make a segment look used by inventing raters."""
-    served = (Interaction.requested_model == parent) & (Interaction.segment != "")
+    segment with no alias of its own yet, from the tenant whose feedback trains the parent
+    (its owner; tenant "default" for a shared alias, as trainer/data.py), the `limit` most
+    rated with at least `min_rated`: what `ensure_segments` chooses from. Another tenant's
+    keys cannot claim a shared alias's segment slots. Bounded in SQL, so a client sending
+    a million labels costs a GROUP BY, not a million-entry dict. One vote per answer
+    (adapters/feedback.py), so a key cannot make a segment look used by inventing raters."""
+    owner = session.scalar(select(Alias.tenant).where(Alias.name == parent)) or DEFAULT_TENANT
+    served = (Interaction.requested_model == parent) & (Interaction.segment != "") & (Interaction.tenant == owner)
     vote = votes(served)
     rated = func.count(vote.c.interaction_id)
     rows = session.execute(
@@ -113,24 +120,38 @@ def declared_counts(session: Session, parent: str, min_rated: int = 0, limit: in
     return {label: (int(n), int(r)) for label, n, r in rows}
 
 
-def ensure_segments(session: Session, min_ratings: int, max_segments: int = MAX_SEGMENTS,
-                    actor: str = "scheduler") -> list[str]:
-    """Creates the segment aliases that declared segments have earned: per alias, the most
-    rated labels with at least `min_ratings` rated answers, up to `max_segments` in all.
-    Returns the new aliases' names."""
-    created = []
+def due_segments(session: Session, min_ratings: int, max_segments: int = MAX_SEGMENTS) -> list[tuple[str, str, int]]:
+    """(alias, segment, rated answers) of the declared segments that have earned an alias of
+    their own: per alias, the most rated labels with at least `min_ratings` rated answers,
+    up to `max_segments` segments in all. Reads only (create them in a short transaction)."""
+    due = []
     for parent in session.scalars(select(Alias.name).where(Alias.parent.is_(None)).order_by(Alias.name)).all():
         have = set(session.scalars(select(Alias.segment).where(Alias.parent == parent)))
         if len(have) >= max_segments:
             continue
         # labels with an alias keep their rows from before it: asked for past them
         counts = declared_counts(session, parent, min_ratings, limit=max_segments + len(have))
-        ranked = [(rated, label) for label, (_, rated) in counts.items()
+        ranked = [(label, rated) for label, (_, rated) in counts.items()
                   if label not in have and SEGMENT_RE.match(label)]
-        for rated, label in ranked[:max_segments - len(have)]:
-            create(session, parent, label, actor=actor, max_segments=max_segments,
-                   reason=f"{rated} rated answers of users who declared segment {label!r}")
+        due += [(parent, label, rated) for label, rated in ranked[:max_segments - len(have)]]
+    return due
+
+
+def ensure_segments(sessions: sessionmaker, min_ratings: int, max_segments: int = MAX_SEGMENTS,
+                    actor: str = "scheduler") -> list[str]:
+    """Creates the segment aliases that are due (`due_segments`), each in its own short
+    transaction: the counting reads hold no write lock. Returns the new aliases' names."""
+    with sessions() as session:
+        due = due_segments(session, min_ratings, max_segments)
+    created = []
+    for parent, label, rated in due:
+        try:
+            with sessions.begin() as session:
+                create(session, parent, label, actor=actor, max_segments=max_segments,
+                       reason=f"{rated} rated answers of users who declared segment {label!r}")
             created.append(segment_alias(parent, label))
+        except InvalidAdapter:  # an operator filled the last slot meanwhile
+            continue
     return created
 
 

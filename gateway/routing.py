@@ -106,6 +106,11 @@ class Router:
                 and self.ready(split.canary):
             return Route(split.canary, split.canary, self.table.versions[split.canary], model, "canary", segment)
         champion = self.table.champion(model)
+        if split is not None and model in self.table.parents:
+            # A segment following its parent's champion keeps the one its experiment started
+            # with: a promotion decided on the parent's users must not swap the arm it is
+            # compared with midway (the judge counts each arm's version only).
+            champion = split.champion
         if champion is None or champion not in self.table.versions:
             return Route(self.base_model, None, None, model, "champion", segment)
         return Route(champion, champion, self.table.versions[champion], model, "champion", segment)
@@ -114,7 +119,8 @@ class Router:
         """Versions that aliases send users to (champions and running canaries) -> path: what
         every replica should hold before traffic for them arrives."""
         t = self.table
-        names = {c for c in t.aliases.values() if c} | {s.canary for s in t.splits.values()}  # segments' too
+        names = {c for c in t.aliases.values() if c} | {s.canary for s in t.splits.values()} | \
+            {s.champion for s in t.splits.values() if s.champion}  # segments' too
         return {n: t.versions[n] for n in names if n in t.versions}
 
     def model_ids(self, tenant: str) -> list[tuple[str, str]]:

@@ -1,11 +1,14 @@
 """Scheduled training: an APScheduler job, stored in the project's database, that trains a
 new candidate when enough new feedback has arrived.
 
-Every alias is trained on its own feedback (trainer/data.py `for_alias`), segments' aliases
-included (adapters/segments.py; each tick first creates those that declared segments have
-earned). One run per tick, as the lease allows one at a time: of the aliases with at least
-LORALOOP_TRAIN_MIN_NEW_RATINGS new ratings, the one whose last run is oldest, so an alias
-whose users rate a lot cannot keep the trainer from the others.
+The alias of the runs (`--alias` in LORALOOP_TRAIN_ARGS, default `default`) is trained, and
+so is every segment's alias (adapters/segments.py; each tick first creates those that
+declared segments have earned), each on its own feedback (trainer/data.py `for_alias`). One
+run per tick, as the lease allows one at a time: of those with at least
+LORALOOP_TRAIN_MIN_NEW_RATINGS new ratings, the one whose last run is oldest, so a segment
+whose users rate a lot cannot keep the trainer from the others. (Other top-level aliases
+share their tenant's feedback with the configured one, trainer/data.py, so training them
+too would repeat its runs: `loraloop train --alias` trains one by hand.)
 
     python -m trainer.scheduler            # run the scheduler (blocking)
     python -m trainer.scheduler --once     # one check-and-maybe-train, then exit
@@ -59,7 +62,7 @@ class SchedulerSettings(StoreSettings):
         "Rated answers of users who declared a segment before it gets an alias of its own (and is trained)."))
 
 
-def new_ratings_since_last_run(sessions: sessionmaker, alias: str = DEFAULT_ALIAS) -> int:
+def new_ratings_since_last_run(sessions: sessionmaker, alias: str = DEFAULT_ALIAS, cross_tenant: bool = False) -> int:
     """Ratings of `alias`'s feedback (trainer/data.py `for_alias`) since its last run that used
     them: one that finished with a verdict, or one in progress. A run still marked running
     while nobody holds the lease was killed: it used nothing. Runs from before runs recorded
@@ -72,22 +75,22 @@ def new_ratings_since_last_run(sessions: sessionmaker, alias: str = DEFAULT_ALIA
         mine = TrainingRun.alias == alias if alias != DEFAULT_ALIAS else \
             (TrainingRun.alias == alias) | TrainingRun.alias.is_(None)
         last = session.scalar(select(func.max(TrainingRun.started_at)).where(used, mine))
+        scope = for_alias(session, alias, DataConfig(cross_tenant=cross_tenant))
         query = (select(func.count()).select_from(Feedback).join(Interaction, Interaction.id == Feedback.interaction_id)
-                 .where(*scope_filters(for_alias(session, alias, DataConfig()))))
+                 .where(*scope_filters(scope)))
         if last is not None:
             query = query.where(Feedback.updated_at > last)
         return int(session.scalar(query) or 0)
 
 
-def due_alias(sessions: sessionmaker, min_new: int,
-              configured: str = DEFAULT_ALIAS) -> tuple[str | None, dict[str, int]]:
-    """(the alias to train now, or None; new ratings of every alias): of those with at least
-    `min_new` new ratings, the one whose last run is oldest (never run: first)."""
+def due_alias(sessions: sessionmaker, min_new: int, cfg: TrainConfig) -> tuple[str | None, dict[str, int]]:
+    """(the alias to train now, or None; new ratings of each): of `cfg.alias` and the segments'
+    aliases with at least `min_new` new ratings, the one whose last run is oldest (never: first)."""
     with sessions() as session:
-        aliases = sorted({configured, *session.scalars(select(Alias.name))})
+        aliases = sorted({cfg.alias, *session.scalars(select(Alias.name).where(Alias.parent.is_not(None)))})
         last_runs = dict(session.execute(select(TrainingRun.alias, func.max(TrainingRun.started_at))
                                          .group_by(TrainingRun.alias)).all())
-    new = {alias: new_ratings_since_last_run(sessions, alias) for alias in aliases}
+    new = {alias: new_ratings_since_last_run(sessions, alias, cfg.cross_tenant) for alias in aliases}
     due = [alias for alias in aliases if new[alias] >= min_new]
     never = datetime.min.replace(tzinfo=UTC)
     due.sort(key=lambda a: (as_utc(last_runs[a]) if last_runs.get(a) else never, -new[a]))
@@ -105,11 +108,9 @@ def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = N
     sessions = make_sessionmaker(engine)
     try:
         if settings.max_segments:
-            with sessions.begin() as session:
-                for name in segments.ensure_segments(session, settings.segment_min_ratings, settings.max_segments):
-                    log.info("segment alias %s created", name)
-        configured = train_config(settings).alias
-        alias, new = due_alias(sessions, settings.train_min_new_ratings, configured)
+            for name in segments.ensure_segments(sessions, settings.segment_min_ratings, settings.max_segments):
+                log.info("segment alias %s created", name)
+        alias, new = due_alias(sessions, settings.train_min_new_ratings, train_config(settings))
         if alias is None:
             log.info("training skipped: new ratings %s, %d needed", new, settings.train_min_new_ratings)
             return "not_enough_data"

@@ -1,6 +1,7 @@
 """Segments: an alias may have child aliases `<alias>@<segment>`, one per group of users who
-want something else (adapters/segments.py). Interactions record the segment that served them,
-training runs the alias they trained for (the scheduler trains every alias and segment).
+want something else (adapters/segments.py). Interactions record the segment their request
+declared, training runs the alias they trained for (the scheduler trains each segment too),
+and the scheduler's per-tick counts get their indexes.
 
 Revision ID: 0010
 Revises: 0009
@@ -23,9 +24,14 @@ def upgrade() -> None:
         batch.add_column(sa.Column("segment", sa.String(32), nullable=False, server_default=""))
     with op.batch_alter_table("training_runs") as batch:
         batch.add_column(sa.Column("alias", sa.String(128), nullable=True))
+    # the scheduler's counts, every tick: declared segments' answers, each alias's new ratings
+    op.create_index("ix_interactions_requested_model_segment", "interactions", ["requested_model", "segment"])
+    op.create_index("ix_feedback_updated_at", "feedback", ["updated_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_feedback_updated_at", table_name="feedback")
+    op.drop_index("ix_interactions_requested_model_segment", table_name="interactions")
     with op.batch_alter_table("training_runs") as batch:
         batch.drop_column("alias")
     with op.batch_alter_table("interactions") as batch:
