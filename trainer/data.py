@@ -257,7 +257,8 @@ def _by_prompt(session: Session, cfg: DataConfig, regenerations_only: bool) -> S
     def of_original(column: Any) -> Any:  # the original's value, on its own row and its links'
         return func.max(case((both.c.link == 0, column))).over(partition_by=both.c.original)
 
-    placed = select(both, of_original(_prompt_text(session, both.c.prompt)).label("group_text"),
+    own_text = _prompt_text(session, both.c.prompt)
+    placed = select(both, own_text.label("own_text"), of_original(own_text).label("group_text"),
                     of_original(both.c.created_at).label("original_at"),
                     of_original(both.c.score).label("original_score"),
                     func.sum(both.c.link).over(partition_by=both.c.original).label("links")).subquery()
@@ -265,6 +266,7 @@ def _by_prompt(session: Session, cfg: DataConfig, regenerations_only: bool) -> S
     keep = and_(linked, placed.c.links > 0) if regenerations_only else or_(placed.c.link == 0, linked)
     # the prompt comes as group_text only: parsed once per prompt, not once per answer
     columns = [placed.c[name] for name in ("id", "response", "kind", "end_user", "score", "link", "group_text")]
+    columns.append(case((placed.c.link == 1, placed.c.own_text)).label("own_text"))  # a link's own prompt only
     return select(*columns).where(keep).order_by(placed.c.group_text, placed.c.original_at, placed.c.original,
                                                  placed.c.link, placed.c.created_at, placed.c.id)
 
@@ -278,8 +280,14 @@ def _prompt_groups(session: Session, cfg: DataConfig,
     links: list[tuple[Answer, Answer]] = []
     text, prompt, key = None, None, ""
     for row in _stream(session, _by_prompt(session, cfg, regenerations_only)):
-        if row.link:  # sorted right after its original; its own prompt is not needed
-            links.append((Answer(row.id, None, "", row.response, row.kind, row.end_user, row.score), answers[-1]))
+        if row.link:  # sorted right after its original
+            # A regeneration may edit the prompt; its pair is filed under the original's. But
+            # not across the held-out split: a client may point `regenerates` at any answer,
+            # and a pair on the training side whose own prompt is held out (or the reverse)
+            # would let a judge be checked on answers it trained on.
+            if row.own_text == text or _split(prompt_key(json.loads(row.own_text)), cfg) == _split(key, cfg):
+                links.append((Answer(row.id, None, "", row.response, row.kind, row.end_user, row.score),
+                              answers[-1]))
             continue
         if row.group_text != text:
             if answers:

@@ -136,6 +136,29 @@ def test_every_liked_regeneration_pairs_with_its_original_under_the_originals_pr
     assert len(pairs) == 3  # the same-prompt pairs of "Fix my bike" are two of these again: kept once
 
 
+def test_a_regeneration_link_never_crosses_the_held_out_split(store: Store) -> None:
+    """A client may point `regenerates` at any answer. A link whose own prompt is on the other
+    side of the split from its original's makes no pair: it would put an answer on both sides."""
+    half = DataConfig(heldout_fraction=0.5)
+
+    def side(text: str) -> bool:
+        return is_heldout(prompt_key([{"role": "user", "content": text}]), 0.5)
+
+    texts = [f"Fix my bike {i}" for i in range(40)]
+    original = next(t for t in texts if not side(t))
+    same_side = next(t for t in texts if t != original and not side(t))
+    other_side = next(t for t in texts if side(t))
+    bad = store.answer(original, "bike bike bike")
+    store.rate(bad, -1)
+    store.rate(store.answer(same_side, "Oil the chain.", regenerates=bad), 1)
+    store.rate(store.answer(other_side, "Pump the tyres.", regenerates=bad), 1)
+    with store.session() as session:
+        data = build(session, "dpo", half)
+    regenerations = [p for split in data.values() for p in split if p["source"] == "regeneration"]
+    assert [(p["prompt"][0]["content"], p["chosen"][0]["content"]) for p in regenerations] == \
+        [(original, "Oil the chain.")]
+
+
 def test_regeneration_pairs_win_the_per_user_cap(store: Store) -> None:
     for i in range(3):  # served first: same-prompt pairs of the loud user
         good = store.answer(f"question {i}", "good", user="loud")
