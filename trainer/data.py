@@ -436,10 +436,13 @@ def report(session: Session, cfg: DataConfig) -> dict:
     users, over_cap = session.execute(select(
         func.count(), func.coalesce(func.sum(case((per_user.c.n > cfg.max_per_user, 1), else_=0)), 0))).one()
     pairs = _pair_stats(session, cfg)
-    segments = {segment or "": {"rated": int(n), "up": int(up or 0), "down": int(down or 0)}
-                for segment, n, up, down in session.execute(
-                    select(rated.c.segment, func.count(), func.sum(case((rated.c.score > 0, 1), else_=0)),
-                           func.sum(case((rated.c.score < 0, 1), else_=0))).group_by(rated.c.segment))}
+    def counted(column: Any) -> dict[str, dict[str, int]]:
+        return {value or "": {"rated": int(n), "up": int(up or 0), "down": int(down or 0)}
+                for value, n, up, down in session.execute(
+                    select(column, func.count(), func.sum(case((rated.c.score > 0, 1), else_=0)),
+                           func.sum(case((rated.c.score < 0, 1), else_=0))).group_by(column))}
+
+    segments = counted(rated.c.segment)
     return {
         "rated_answers": sum(v["rated"] for v in versions.values()),
         "liked": sum(v["up"] for v in versions.values()), "disliked": sum(v["down"] for v in versions.values()),
@@ -448,6 +451,7 @@ def report(session: Session, cfg: DataConfig) -> dict:
         "per_adapter_version": versions,
         # as the requests declared them ("": none); a label's rows stay under it after it gets an alias
         "per_segment": dict(sorted(segments.items())),
+        "per_kind": dict(sorted(counted(rated.c.kind).items())),  # chat | completions
     }
 
 

@@ -1,8 +1,9 @@
 """`--method auto`: the method the data supports, chosen at the start of each run.
 
-    thumbs, >= 8 of each kind             -> best-of-n (its judge also learns from the pairs;
+    chat thumbs, >= 8 of each kind        -> best-of-n (its judge also learns from the pairs;
                                              kto if the judge fails its gate)
     preference pairs only (a --data file)  -> dpo, when there are at least --min-pairs
+    other thumbs (completions API)         -> kto (the judge scores conversations only)
     thumbs-up only                         -> sft
 
 Real feedback is mostly unpaired: users seldom send the same prompt twice, rate a few
@@ -43,13 +44,20 @@ from trainer.train_config import TrainConfig
 MIN_EACH_LABEL = 8  # thumbs of each kind before a judge can learn anything
 
 
-def choose(pairs: int, liked: int, disliked: int, min_pairs: int) -> tuple[str, str]:
-    """(method, why) for data with `pairs` training pairs and `liked`/`disliked` thumbs."""
-    if liked >= MIN_EACH_LABEL and disliked >= MIN_EACH_LABEL:
-        return "best-of-n", (f"{liked} liked and {disliked} disliked answers ({pairs} of them paired): a reward "
-                             "model on the thumbs and pairs picks the champion's best samples")
+def choose(pairs: int, liked: int, disliked: int, min_pairs: int,
+           judged: tuple[int, int] | None = None) -> tuple[str, str]:
+    """(method, why) for data with `pairs` training pairs and `liked`/`disliked` thumbs, of
+    which `judged` (liked, disliked; default: all) are chat answers: best-of-n's judge scores
+    conversations only, so completions-API thumbs cannot make it the choice."""
+    chat_liked, chat_disliked = judged if judged is not None else (liked, disliked)
+    if chat_liked >= MIN_EACH_LABEL and chat_disliked >= MIN_EACH_LABEL:
+        return "best-of-n", (f"{chat_liked} liked and {chat_disliked} disliked chat answers ({pairs} pairs): a "
+                             "reward model on the thumbs and pairs picks the champion's best samples")
     if pairs >= min_pairs:
         return "dpo", f"{pairs} preference pairs (>= {min_pairs}) and too few thumbs to judge by: DPO on the pairs"
+    if liked >= MIN_EACH_LABEL and disliked >= MIN_EACH_LABEL:
+        return "kto", (f"{liked} liked and {disliked} disliked answers, too few of them chat answers for best-of-n's "
+                       "judge: KTO on the thumbs")
     if liked:
         return "sft", f"only {liked} liked and {disliked} disliked answers: SFT on the liked ones"
     return "kto", f"no liked answers, {disliked} disliked: KTO learns what to avoid"

@@ -335,7 +335,9 @@ def resolve_method(cfg: TrainConfig, db_url: str) -> tuple[TrainConfig, dict | N
             figures = report(session, for_alias(session, cfg.alias, DataConfig(
                 heldout_fraction=cfg.heldout_fraction, cross_tenant=cfg.cross_tenant)))
         counts = {"pairs": figures["dpo_pairs"]["train"], "liked": figures["liked"], "disliked": figures["disliked"]}
-        method, why = choose(counts["pairs"], counts["liked"], counts["disliked"], cfg.min_pairs)
+        chat = figures["per_kind"].get("chat", {})
+        method, why = choose(counts["pairs"], counts["liked"], counts["disliked"], cfg.min_pairs,
+                             judged=(chat.get("up", 0), chat.get("down", 0)))
     log.info("--method auto: %s (%s)", method, why)
     return replace(cfg, method=method), {"requested": AUTO, "chose": method, "why": why, **counts}
 

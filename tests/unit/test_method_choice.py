@@ -25,7 +25,7 @@ def test_auto_picks_best_of_n_for_thumbs_dpo_for_pairs_alone_and_sft_for_praise_
     # The live case: a best-of-n champion served, and the store held 92 pairs among 1,800
     # thumbs. DPO from the base on those lost to the champion; the judge gets the pairs instead.
     method, why = choose(pairs=92, liked=600, disliked=1200, min_pairs=64)
-    assert method == "best-of-n" and "92 of them paired" in why
+    assert method == "best-of-n" and "92 pairs" in why
     assert choose(pairs=80, liked=10, disliked=300, min_pairs=64)[0] == "best-of-n"
     assert choose(pairs=80, liked=0, disliked=0, min_pairs=64)[0] == "dpo"  # a pairs file
     assert choose(pairs=80, liked=3, disliked=300, min_pairs=64)[0] == "dpo"  # too few liked for a judge
@@ -37,6 +37,9 @@ def test_auto_picks_best_of_n_for_thumbs_dpo_for_pairs_alone_and_sft_for_praise_
     assert choose(pairs=3, liked=7, disliked=1100, min_pairs=64)[0] == "sft"  # too few liked to judge by
     assert choose(pairs=0, liked=3, disliked=1, min_pairs=64)[0] == "sft"
     assert choose(pairs=0, liked=0, disliked=40, min_pairs=64)[0] == "kto"
+    # completions-API thumbs: best-of-n's judge scores conversations only, so KTO takes them
+    assert choose(pairs=0, liked=300, disliked=500, min_pairs=64, judged=(2, 5))[0] == "kto"
+    assert choose(pairs=0, liked=300, disliked=500, min_pairs=64, judged=(20, 50))[0] == "best-of-n"
 
 
 def test_kto_weights_balance_the_labels_one_to_one_as_trl_advises() -> None:
@@ -179,3 +182,20 @@ def test_the_exact_tail_counts_every_order_and_a_chance_judge_passes_at_most_alp
             chance = sum(exact_upper_tail(liked, disliked, u) - exact_upper_tail(liked, disliked, u + 1)
                          for u in passing)
             assert chance <= JUDGE_ALPHA + 1e-9, (liked, disliked, chance)
+
+
+def test_auto_on_the_store_counts_only_chat_thumbs_for_best_of_n(db_url: str) -> None:
+    from tests.unit.test_preference_data import Store
+    from trainer.train import TrainConfig, resolve_method
+
+    store = Store(db_url)
+    for i in range(20):  # completions-API thumbs of both kinds, and a handful of chat ones
+        store.rate(store.answer(f"Complete {i}:", "text", kind="completions", tenant="default"), 1 if i % 2 else -1,
+                   tenant="default")
+    for i in range(4):
+        store.rate(store.answer(f"chat {i}", "text", tenant="default"), 1 if i % 2 else -1, tenant="default")
+    cfg, choice = resolve_method(TrainConfig(method="auto"), db_url)
+    assert (cfg.method, choice["liked"], choice["disliked"]) == ("kto", 12, 12)  # type: ignore[index]
+    for i in range(20):
+        store.rate(store.answer(f"more chat {i}", "text", tenant="default"), 1 if i % 2 else -1, tenant="default")
+    assert resolve_method(TrainConfig(method="auto"), db_url)[0].method == "best-of-n"

@@ -29,11 +29,12 @@ class Store:
 
     def answer(self, prompt: str | list[dict], text: str, *, user: str = "u", regenerates: str | None = None,
                logged: bool = True, version: str | None = "v1", age_days: int = 0, tenant: str = "t",
-               model: str = "default", prompt_tokens: int = 3, key: int = 1, segment: str = "") -> str:
+               model: str = "default", prompt_tokens: int = 3, key: int = 1, segment: str = "",
+               kind: str = "chat") -> str:
         self.n += 1
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and kind == "chat" else prompt
         row = {"id": f"chatcmpl-{self.n}", "key_id": key, "tenant": tenant, "end_user": user,
-               "requested_model": model, "adapter_version": version, "arm": "champion", "kind": "chat",
+               "requested_model": model, "adapter_version": version, "arm": "champion", "kind": kind,
                "prompt": messages if logged else None,
                "response": text if logged else None, "finish_reason": "stop", "status": 200,
                "prompt_tokens": prompt_tokens, "completion_tokens": 5, "latency_ms": 1.0, "regenerates": regenerates,
