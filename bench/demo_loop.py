@@ -36,7 +36,7 @@ RUNS = {
     "long-for-advice": ["--persona", "long-for-advice"],
     "mix formal/casual": ["--mix", "formal:0.5,casual:0.5"],
     # the app declares each user's persona as their segment: one adapter per half (adapters/segments.py)
-    "mix formal/casual, declared segments": ["--mix", "formal:0.5,casual:0.5", "--declare-segments"],
+    "mix formal/casual with declared segments": ["--mix", "formal:0.5,casual:0.5", "--declare-segments"],
 }
 
 
