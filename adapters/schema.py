@@ -58,6 +58,9 @@ class AdapterState(str, enum.Enum):
                         AdapterState.retired)
 
 
+DEFAULT_TENANT = "default"  # the tenant of keys made without --tenant and of development mode
+
+
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
@@ -68,7 +71,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     prefix: Mapped[str] = mapped_column(String(16))
     scope: Mapped[Scope] = mapped_column(Enum(Scope, native_enum=False, length=16))
-    tenant: Mapped[str] = mapped_column(String(128), default="default")
+    tenant: Mapped[str] = mapped_column(String(128), default=DEFAULT_TENANT)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # False: this key's prompts and answers are not stored, so they never train anything.

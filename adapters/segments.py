@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters import registry
 from adapters.errors import InvalidAdapter, InvalidRequest, NotFound
 from adapters.feedback import votes
-from adapters.schema import Alias, Interaction
+from adapters.schema import DEFAULT_TENANT, Alias, Interaction
 from adapters.settings import MAX_SEGMENTS
 
 SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # the part after the "@" of registry.SEGMENT_ALIAS_RE
@@ -95,9 +95,6 @@ def list_segments(session: Session, parent: str | None = None) -> list[SegmentIn
     if parent is not None:
         query = query.where(Alias.parent == parent)
     return [SegmentInfo(a.name, a.parent or "", a.segment or "", a.champion, a.tenant) for a in session.scalars(query)]
-
-
-DEFAULT_TENANT = "default"  # a shared alias's segments are earned by this tenant's users (trainer/data.py's rule)
 
 
 def declared_counts(session: Session, parent: str, min_rated: int = 0, limit: int = 100) -> dict[str, tuple[int, int]]:

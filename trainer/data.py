@@ -50,11 +50,10 @@ from sqlalchemy import Select, Text, and_, case, cast, func, literal, or_, selec
 from sqlalchemy.orm import Session
 
 from adapters.feedback import purge_before, purge_user, votes
-from adapters.schema import Alias, Interaction, utcnow
+from adapters.schema import DEFAULT_TENANT, Alias, Interaction, utcnow
 from adapters.segments import segment_alias
 
 BATCH = 1000  # rows per fetch: a round trip's cost amortised, memory flat whatever the table's size
-DEFAULT_TENANT = "default"  # the tenant of keys made without --tenant and of development mode
 
 
 @dataclass
