@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from sqlalchemy.orm import Session
 
 from adapters import registry
 from adapters.db import make_engine, make_sessionmaker, upgrade
@@ -83,6 +84,15 @@ def gateway(vllm: EngineSupervisor, adapter_dirs: dict[str, Path],
     data = tmp_path_factory.mktemp("gateway")
     settings = Settings(data_dir=data, upstreams=[vllm.url], served_model_name=DEMO_MODEL_NAME,
                         health_interval_s=0.5, max_body_bytes=64_000, upstream_timeout_s=60)
+    app_key, admin_key, versions = provision(settings, adapter_dirs)
+    with serve(settings) as url:
+        yield LiveGateway(url, app_key, admin_key, versions, settings)
+
+
+def provision(settings: Settings, adapter_dirs: dict[str, Path], alias: str = "default",
+              then: Callable[[Session, dict[str, str]], None] | None = None) -> tuple[str, str, dict[str, str]]:
+    """A fresh database for `settings`: (app key, admin key, style -> approved version), with
+    `alias` championed by the formal adapter; `then(session, versions)` adds more."""
     engine = make_engine(settings.db_url)
     upgrade(engine)
     with make_sessionmaker(engine).begin() as session:
@@ -91,11 +101,11 @@ def gateway(vllm: EngineSupervisor, adapter_dirs: dict[str, Path],
         versions = {style: registry.register(session, path, settings.adapter_store, DEMO_MODEL_NAME,
                                              prefix=style, state=AdapterState.approved).name
                     for style, path in adapter_dirs.items()}
-        registry.set_champion(session, "default", versions["formal"])
+        registry.set_champion(session, alias, versions["formal"])
+        if then is not None:
+            then(session, versions)
     engine.dispose()
-
-    with serve(settings) as url:
-        yield LiveGateway(url, app_key, admin_key, versions, settings)
+    return app_key, admin_key, versions
 
 
 @contextmanager

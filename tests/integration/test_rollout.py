@@ -15,13 +15,9 @@ import httpx
 import openai
 import pytest
 
-from adapters import registry
-from adapters.db import make_engine, make_sessionmaker, upgrade
-from adapters.schema import AdapterState, Scope
-from gateway import auth
 from gateway.engine.supervisor import EngineSupervisor
 from gateway.settings import DEMO_MODEL_NAME, Settings
-from tests.integration.conftest import serve
+from tests.integration.conftest import provision, serve
 from tests.style_adapters import CASUAL, FORMAL
 from trainer.demo_model.corpus import NAMES, TASKS, make_prompt, style_of
 
@@ -34,16 +30,7 @@ def live(vllm: EngineSupervisor, adapter_dirs: dict[str, Path],
     """(gateway url, app key, admin key, style -> version), `default` championed by formal."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("rollout"), upstreams=[vllm.url],
                         served_model_name=DEMO_MODEL_NAME, health_interval_s=0.5, upstream_timeout_s=60)
-    engine = make_engine(settings.db_url)
-    upgrade(engine)
-    with make_sessionmaker(engine).begin() as session:
-        app_key, _ = auth.create_key(session, "app", Scope.app)
-        admin_key, _ = auth.create_key(session, "ops", Scope.admin)
-        versions = {style: registry.register(session, path, settings.adapter_store, DEMO_MODEL_NAME, prefix=style,
-                                             state=AdapterState.approved).name
-                    for style, path in adapter_dirs.items()}
-        registry.set_champion(session, "default", versions["formal"])
-    engine.dispose()
+    app_key, admin_key, versions = provision(settings, adapter_dirs)
     with serve(settings) as url:
         yield url, app_key, admin_key, versions
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from adapters import registry, segments
-from adapters.db import make_engine, make_sessionmaker, upgrade
-from adapters.schema import AdapterState, Feedback, Interaction, Scope
-from gateway import auth
+from adapters.db import make_engine, make_sessionmaker
+from adapters.schema import Feedback, Interaction
 from gateway.engine.supervisor import EngineSupervisor
 from gateway.settings import DEMO_MODEL_NAME, Settings
-from tests.integration.conftest import LiveGateway, serve
+from tests.integration.conftest import LiveGateway, provision, serve
 from tests.integration.test_serving import PEOPLE, ask
 from tests.style_adapters import CASUAL, FORMAL
 from trainer.data import DataConfig, for_alias, rated_answers
@@ -34,18 +34,11 @@ def shop(vllm: EngineSupervisor, adapter_dirs: dict[str, Path],
     """Alias `shop`: formal for everyone, casual for its `casual` segment."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("segments"), upstreams=[vllm.url],
                         served_model_name=DEMO_MODEL_NAME, health_interval_s=0.5, upstream_timeout_s=60)
-    engine = make_engine(settings.db_url)
-    upgrade(engine)
-    with make_sessionmaker(engine).begin() as session:
-        app_key, _ = auth.create_key(session, "app", Scope.app)
-        admin_key, _ = auth.create_key(session, "ops", Scope.admin)
-        versions = {style: registry.register(session, path, settings.adapter_store, DEMO_MODEL_NAME,
-                                             prefix=style, state=AdapterState.approved).name
-                    for style, path in adapter_dirs.items()}
-        registry.set_champion(session, "shop", versions["formal"])
+    def casual_segment(session: Session, versions: dict[str, str]) -> None:
         segments.create(session, "shop", "casual", actor="test")
         registry.set_champion(session, "shop@casual", versions["casual"])
-    engine.dispose()
+
+    app_key, admin_key, versions = provision(settings, adapter_dirs, alias="shop", then=casual_segment)
     with serve(settings) as url:
         yield LiveGateway(url, app_key, admin_key, versions, settings)
 
