@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters import registry
 from adapters.errors import InvalidAdapter, InvalidRequest, NotFound
 from adapters.feedback import votes
-from adapters.schema import DEFAULT_TENANT, Alias, Interaction
+from adapters.schema import DEFAULT_TENANT, AdapterEvent, Alias, Experiment, Interaction
 from adapters.settings import MAX_SEGMENTS
 
 SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # the part after the "@" of registry.SEGMENT_ALIAS_RE
@@ -170,8 +170,6 @@ def overview(session: Session, parent: str | None = None) -> list[dict]:
 def describe(session: Session, alias: str) -> dict:
     """A segment's alias for operators: what it serves, its traffic and ratings (one vote per
     answer), users, experiments and audit trail."""
-    from adapters.schema import AdapterEvent, Experiment
-
     row = session.get(Alias, alias)
     if row is None or row.parent is None:
         raise NotFound(f"segment alias {alias!r} does not exist", param="alias")

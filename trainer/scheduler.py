@@ -31,12 +31,13 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import Field
 from sqlalchemy import func, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import segments
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.schema import Alias, Feedback, Interaction, Lease, TrainingRun, as_utc, utcnow
 from adapters.settings import StoreSettings
+from trainer.data import DataConfig, for_alias, scope_filters
 from trainer.runs import LEASE, LEASE_TTL, run_exclusive
 from trainer.train_config import TrainConfig
 
@@ -62,25 +63,21 @@ class SchedulerSettings(StoreSettings):
         "Rated answers of users who declared a segment before it gets an alias of its own (and is trained)."))
 
 
-def new_ratings_since_last_run(sessions: sessionmaker, alias: str = DEFAULT_ALIAS, cross_tenant: bool = False) -> int:
+def new_ratings_since_last_run(session: Session, alias: str, cross_tenant: bool, live_run: bool) -> int:
     """Ratings of `alias`'s feedback (trainer/data.py `for_alias`) since its last run that used
-    them: one that finished with a verdict, or one in progress. A run still marked running
-    while nobody holds the lease was killed: it used nothing. Runs from before runs recorded
-    their alias count for the default alias."""
-    from trainer.data import DataConfig, for_alias, scope_filters
-
-    with sessions() as session:
-        live = session.scalar(select(Lease.name).where(Lease.name == LEASE, Lease.expires_at > utcnow()))
-        used = TrainingRun.outcome.in_(["approved", "rejected", "running"] if live else ["approved", "rejected"])
-        mine = TrainingRun.alias == alias if alias != DEFAULT_ALIAS else \
-            (TrainingRun.alias == alias) | TrainingRun.alias.is_(None)
-        last = session.scalar(select(func.max(TrainingRun.started_at)).where(used, mine))
-        scope = for_alias(session, alias, DataConfig(cross_tenant=cross_tenant))
-        query = (select(func.count()).select_from(Feedback).join(Interaction, Interaction.id == Feedback.interaction_id)
-                 .where(*scope_filters(scope)))
-        if last is not None:
-            query = query.where(Feedback.updated_at > last)
-        return int(session.scalar(query) or 0)
+    them: one that finished with a verdict, or one in progress (`live_run`: someone holds the
+    lease; a run still marked running while nobody does was killed and used nothing). Runs
+    from before runs recorded their alias count for the default alias."""
+    used = TrainingRun.outcome.in_(["approved", "rejected", "running"] if live_run else ["approved", "rejected"])
+    mine = TrainingRun.alias == alias if alias != DEFAULT_ALIAS else \
+        (TrainingRun.alias == alias) | TrainingRun.alias.is_(None)
+    last = session.scalar(select(func.max(TrainingRun.started_at)).where(used, mine))
+    scope = for_alias(session, alias, DataConfig(cross_tenant=cross_tenant))
+    query = (select(func.count()).select_from(Feedback).join(Interaction, Interaction.id == Feedback.interaction_id)
+             .where(*scope_filters(scope)))
+    if last is not None:
+        query = query.where(Feedback.updated_at > last)
+    return int(session.scalar(query) or 0)
 
 
 def due_alias(sessions: sessionmaker, min_new: int, cfg: TrainConfig) -> tuple[str | None, dict[str, int]]:
@@ -90,7 +87,9 @@ def due_alias(sessions: sessionmaker, min_new: int, cfg: TrainConfig) -> tuple[s
         aliases = sorted({cfg.alias, *session.scalars(select(Alias.name).where(Alias.parent.is_not(None)))})
         last_runs = dict(session.execute(select(TrainingRun.alias, func.max(TrainingRun.started_at))
                                          .group_by(TrainingRun.alias)).all())
-    new = {alias: new_ratings_since_last_run(sessions, alias, cfg.cross_tenant) for alias in aliases}
+        live_run = session.scalar(select(Lease.name).where(Lease.name == LEASE, Lease.expires_at > utcnow()))
+        new = {alias: new_ratings_since_last_run(session, alias, cfg.cross_tenant, live_run is not None)
+               for alias in aliases}
     due = [alias for alias in aliases if new[alias] >= min_new]
     never = datetime.min.replace(tzinfo=UTC)
     due.sort(key=lambda a: (as_utc(last_runs[a]) if last_runs.get(a) else never, -new[a]))
