@@ -55,6 +55,7 @@ class RoutingSnapshot:
     retired: frozenset[str] = frozenset()  # servable only when pinned; unloaded from replicas
     owners: dict[str, str] = field(default_factory=dict)  # version or alias -> the only tenant that sees it
     parents: dict[str, str] = field(default_factory=dict)  # a segment's alias -> its alias
+    learned: frozenset[str] = frozenset()  # aliases whose users are placed in learned segments
 
     def champion(self, alias: str) -> str | None:
         """What the alias serves outside an experiment: its champion, or for a segment without
@@ -224,8 +225,9 @@ def snapshot(session: Session) -> RoutingSnapshot:
               for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}
     owners = {row.name: row.tenant for row in [*rows, *alias_rows] if row.tenant is not None}  # type: ignore[attr-defined]
     parents = {a.name: a.parent for a in alias_rows if a.parent is not None}
+    learned = frozenset(a.parent for a in alias_rows if a.parent is not None and a.learned)
     return RoutingSnapshot(versions=versions, aliases=aliases, splits=splits, retired=retired, owners=owners,
-                           parents=parents)
+                           parents=parents, learned=learned)
 
 
 def newest(session: Session, *, kind: str, base_model: str) -> AdapterVersion | None:

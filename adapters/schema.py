@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -117,8 +118,29 @@ class Alias(Base):
     # the parent's users of that segment; without a champion of its own, the parent's.
     parent: Mapped[str | None] = mapped_column(String(128), nullable=True)
     segment: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # made by segment learning (users put in it by their thumbs), not declared by requests
+    learned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
+
+
+class SegmentAssignment(Base):
+    """The learned segment of one end user of an alias (trainer/segment_learning.py): sticky,
+    changed only when the user's own thumbs clearly say they belong elsewhere. Users are
+    per tenant: only the tenant whose feedback trains the alias has assignments."""
+
+    __tablename__ = "segment_assignments"
+    __table_args__ = (Index("ix_segment_assignments_parent_segment", "parent", "segment"),)
+
+    parent: Mapped[str] = mapped_column(String(128), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(128), primary_key=True)
+    end_user: Mapped[str] = mapped_column(String(256), primary_key=True)
+    segment: Mapped[str] = mapped_column(String(32))
+    previous_segment: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the audit: where they were
+    votes: Mapped[int] = mapped_column(Integer)  # the user's rated answers the assignment was decided on
+    similarity: Mapped[float] = mapped_column(Float)  # cosine of their taste to the segment's
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Experiment(Base):

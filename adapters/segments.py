@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from adapters import registry
 from adapters.errors import InvalidAdapter, InvalidRequest, NotFound
 from adapters.feedback import votes
-from adapters.schema import DEFAULT_TENANT, AdapterEvent, Alias, Experiment, Interaction
+from adapters.schema import DEFAULT_TENANT, AdapterEvent, Alias, Experiment, Interaction, SegmentAssignment
 from adapters.settings import MAX_SEGMENTS
 
 SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # the part after the "@" of registry.SEGMENT_ALIAS_RE
@@ -65,12 +65,15 @@ class SegmentInfo:
     segment: str
     champion: str | None  # its own; None: it serves the parent's
     tenant: str | None
+    learned: bool = False  # users placed by their thumbs (adapters/segment_assignments.py)
 
 
 def create(session: Session, parent: str, segment: str, *, actor: str, reason: str = "",
-           max_segments: int = MAX_SEGMENTS) -> Alias:
+           max_segments: int = MAX_SEGMENTS, learned: bool = False, numbers: dict | None = None) -> Alias:
     """The segment's alias (idempotent), owned by the parent's tenant, serving the parent's
-    champion until it has its own. Refused past `max_segments` segments of the parent."""
+    champion until it has its own. Refused past `max_segments` segments of the parent.
+    `learned`: its users are placed by their thumbs (adapters/segment_assignments.py), not
+    by the requests' declarations."""
     check_segment(segment)
     parent_row = registry.lock_alias(session, parent)
     if parent_row.parent is not None:
@@ -83,9 +86,10 @@ def create(session: Session, parent: str, segment: str, *, actor: str, reason: s
     if count >= max_segments:
         raise InvalidAdapter(f"alias {parent!r} has {count} segments, the most allowed (LORALOOP_MAX_SEGMENTS); "
                              "its other segments share its champion", param="segment")
-    row = Alias(name=name, tenant=parent_row.tenant, parent=parent, segment=segment)
+    row = Alias(name=name, tenant=parent_row.tenant, parent=parent, segment=segment, learned=learned)
     session.add(row)
-    registry.audit(session, "segment_create", actor, reason, alias=name, numbers={"parent": parent})
+    registry.audit(session, "segment_create", actor, reason, alias=name,
+                   numbers={**(numbers or {}), "parent": parent, "learned": learned})
     session.flush()
     return row
 
@@ -94,7 +98,8 @@ def list_segments(session: Session, parent: str | None = None) -> list[SegmentIn
     query = select(Alias).where(Alias.parent.is_not(None)).order_by(Alias.name)
     if parent is not None:
         query = query.where(Alias.parent == parent)
-    return [SegmentInfo(a.name, a.parent or "", a.segment or "", a.champion, a.tenant) for a in session.scalars(query)]
+    return [SegmentInfo(a.name, a.parent or "", a.segment or "", a.champion, a.tenant, a.learned)
+            for a in session.scalars(query)]
 
 
 def declared_counts(session: Session, parent: str, min_rated: int = 0, limit: int = 100) -> dict[str, tuple[int, int]]:
@@ -156,7 +161,7 @@ def overview(session: Session, parent: str | None = None) -> list[dict]:
     """Every segment's alias (of `parent`, or of all aliases), then the labels requests
     declared that have no alias yet, with their answers and rated answers."""
     listed: list[dict] = [{"alias": s.alias, "parent": s.parent, "segment": s.segment, "champion": s.champion,
-                           "tenant": s.tenant} for s in list_segments(session, parent)]
+                           "tenant": s.tenant, "learned": s.learned} for s in list_segments(session, parent)]
     have = {s["alias"] for s in listed}
     parents = [parent] if parent else list(session.scalars(select(Alias.name).where(Alias.parent.is_(None))
                                                           .order_by(Alias.name)))
@@ -175,6 +180,8 @@ def describe(session: Session, alias: str) -> dict:
         raise NotFound(f"segment alias {alias!r} does not exist", param="alias")
     mine = or_(Interaction.requested_model == alias,
                and_(Interaction.requested_model == row.parent, Interaction.segment == row.segment))
+    members = session.scalar(select(func.count()).select_from(SegmentAssignment).where(
+        SegmentAssignment.parent == row.parent, SegmentAssignment.segment == row.segment)) or 0
     answers, users = session.execute(select(func.count(), func.count(func.distinct(Interaction.end_user)))
                                      .where(mine)).one()
     vote = votes(mine)
@@ -183,6 +190,7 @@ def describe(session: Session, alias: str) -> dict:
     runs = session.scalars(select(Experiment).where(Experiment.alias == alias).order_by(Experiment.id.desc()))
     events = session.scalars(select(AdapterEvent).where(AdapterEvent.alias == alias).order_by(AdapterEvent.id))
     return {"alias": alias, "parent": row.parent, "segment": row.segment, "tenant": row.tenant,
+            "learned": row.learned, "members": int(members),
             "champion": row.champion, "serves": registry.effective_champion(session, row),
             "answers": int(answers), "users": int(users), "rated": int(rated), "liked": int(up),
             "experiments": [{"id": e.id, "canary": e.canary, "champion": e.champion, "status": e.status,

@@ -1,8 +1,8 @@
 """The loop measured by the demo itself: for each built-in persona (the request-dependent
 ones included) and a custom judge, does the promoted champion reach 0.85 thumbs-up on
 held-out prompts in time, with zero failed requests? Does the taste-change scenario roll
-back? And what does a 50/50 mix of opposite tastes get, with one adapter and with one per
-declared segment?
+back? And what does a 50/50 mix of opposite tastes get, with segments learned from the
+thumbs and with one adapter per declared segment?
 
     python bench/demo_loop.py [--runs formal,short,...] [--minutes 15] [--regime realistic]
 
@@ -34,6 +34,7 @@ RUNS = {
     "taste change": ["--persona", "formal", "--scenario", "taste-change"],
     "formal-for-errands": ["--persona", "formal-for-errands"],
     "long-for-advice": ["--persona", "long-for-advice"],
+    # segments learned from the thumbs (trainer/segment_learning.py; LORALOOP_LEARN_SEGMENTS=false: one adapter)
     "mix formal/casual": ["--mix", "formal:0.5,casual:0.5"],
     # the app declares each user's persona as their segment: one adapter per half (adapters/segments.py)
     "mix formal/casual with declared segments": ["--mix", "formal:0.5,casual:0.5", "--declare-segments"],
@@ -83,7 +84,12 @@ def main() -> None:
         if summary.get("segment_champions"):  # each segment's own champion, on its own users
             print("|   per segment | " + ", ".join(f"{s}: {r['rate']:.2f} {tuple(r['ci95'])}"
                                                  for s, r in summary["segment_champions"].items()) + " |")
-        elif per_persona:
+        for label, g in summary.get("learned_segments", {}).items():
+            print(f"|   learned {label} | {g['members']} users: {g['by_persona']} ({g['wrong']} in the wrong one) |")
+        learned_at = [e for e in summary["events"] if e["action"] == "segments_learned"]
+        if learned_at:
+            print(f"|   split found | at {learned_at[0]['at'] / 60:.1f} min, {learned_at[0]['reason']} |")
+        if per_persona and not summary.get("segment_champions"):
             print("|   per persona | " + ", ".join(f"{p}: {r['rate']:.2f}" for p, r in per_persona.items()) + " |")
     print(f"(reports under {root})")
 

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -158,6 +159,7 @@ def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: di
     seen: dict[int, str] = {}
     generations = [{"version": "base", "heldout": base, "promoted_at": 0.0}]
     champion_heldout, reached_at = base, None
+    learned: dict[str, dict] = {}  # learned segments (a mix, undeclared): their members by true taste
     deadline = time.monotonic() + args.minutes * 60
     interrupted = False
     try:
@@ -183,16 +185,23 @@ def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: di
                     events.append({"at": round(now, 1), "action": "taste_changed", "version": flipped,
                                    "reason": f"users now like {flipped}; the system is not told"})
                     print(f"[{now / 60:5.1f} min] the users' taste changes to {flipped}", flush=True)
-                if action == "promoted" and "@" in e["alias"]:  # a declared segment's own champion
+                if action == "promoted" and "@" in e["alias"]:  # a segment's own champion
                     segment = e["alias"].partition("@")[2]
-                    [(taste, share)] = [(t, sh) for t, sh in users.mix if segment_of(t) == segment]
-                    heldout = measure(url, e["canary"], [(taste, 1.0)], round(args.heldout_n * share))
+                    if segment in learned:  # measured on the taste most of its users have
+                        learned[segment] = _members(admin, e["alias"], users)
+                        taste = persona(learned[segment]["majority"])
+                        share = learned[segment]["members"] / args.users
+                    else:
+                        [(taste, share)] = [(t, sh) for t, sh in users.mix if segment_of(t) == segment]
+                    heldout = measure(url, e["canary"], [(taste, 1.0)], max(round(args.heldout_n * share), 1))
                     segment_best[segment] = heldout
                     generations.append({"version": e["canary"], "alias": e["alias"], "heldout": heldout,
                                         "promoted_at": round(now, 1)})
                     print(f"[{now / 60:5.1f} min] {e['alias']} generation ({e['canary']}): {heldout['rate']:.2f} "
                           f"on its users' held-out prompts {heldout['ci95']}", flush=True)
-                    if all(h["rate"] >= args.target for h in segment_best.values()):
+                    covered = {g["majority"] for g in learned.values()} >= {t.name for t, _ in mix} \
+                        if learned else True  # every taste has a learned segment of its own
+                    if covered and all(h["rate"] >= args.target for h in segment_best.values()):
                         reached_at = now
                 elif action == "promoted":
                     champion_heldout = measure(url, e["canary"], users.mix, args.heldout_n)
@@ -203,6 +212,16 @@ def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: di
                           flush=True)
                     if champion_heldout["rate"] >= args.target and champion_heldout["rated"] >= args.heldout_n:
                         reached_at = now
+            if len(mix) > 1 and not args.declare_segments and not learned:
+                learned = _learned(admin, users)
+                if learned:
+                    ratings = sum(r.thumb is not None for r in users.rated)
+                    segment_best = {label: base["per_persona"][g["majority"]] for label, g in learned.items()}
+                    events.append({"at": round(now, 1), "action": "segments_learned", "version": "",
+                                   "reason": f"after {ratings} ratings: " + "; ".join(
+                                       f"{label}: {g['members']} users, {g['majority']} {g['share']:.2f}"
+                                       for label, g in learned.items())})
+                    print(f"[{now / 60:5.1f} min] {events[-1]['reason']}", flush=True)
             _progress(now, users, experiments)
             promoted = len(generations) - 1
             if reached_at is not None or (args.generations and promoted >= args.generations) or \
@@ -213,6 +232,8 @@ def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: di
         interrupted = True
     finally:
         users.stop()
+    if learned:
+        learned = _learned(admin, users)
     return {
         "persona": args.mix or args.judge or args.persona, "scenario": args.scenario, "method": args.method,
         "habits": {"rate_liked": rating.liked, "rate_disliked": rating.disliked, "noise": rating.noise},
@@ -223,9 +244,26 @@ def _loop(args: argparse.Namespace, url: str, mix: Mix, rating: Habits, base: di
         "reached_target": reached_at is not None, "interrupted": interrupted,
         "minutes_to_target": round(reached_at / 60, 2) if reached_at is not None else None,
         "generations": generations, "live": report.live_rates(users.rated), "events": events,
-        **({"segment_champions": segment_best} if args.declare_segments else {}),
+        **({"segment_champions": segment_best} if segment_best else {}),
+        **({"learned_segments": learned} if learned else {}),
         "_rated": users.rated,
     }
+
+
+def _learned(admin: httpx.Client, users: Population) -> dict[str, dict]:
+    """The learned segments of alias "default" (none yet: {}), each with its members' true tastes."""
+    found = [s for s in admin.get("/admin/segments", params={"alias": "default"}).json()["data"] if s.get("learned")]
+    return {s["segment"]: _members(admin, s["alias"], users) for s in found}
+
+
+def _members(admin: httpx.Client, alias: str, users: Population) -> dict:
+    """A learned segment's users counted by their true persona: the majority, its share, and
+    how many sit with users who want something else."""
+    ids = [u["user"] for u in admin.get(f"/admin/segments/{alias}/users", params={"limit": 10_000}).json()["data"]]
+    tastes = Counter(users.persona_of(int(u.removeprefix("user-"))).name for u in ids if u.startswith("user-"))
+    majority, most = tastes.most_common(1)[0] if tastes else ("", 0)
+    return {"alias": alias, "members": len(ids), "by_persona": dict(tastes), "majority": majority,
+            "share": most / max(len(ids), 1), "wrong": len(ids) - most}
 
 
 def _progress(now: float, users: Population, experiments: list[dict]) -> None:

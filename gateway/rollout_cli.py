@@ -1,5 +1,5 @@
 """`loraloop adapters promote|rollback|pause|resume|show`, `loraloop experiments ...` and
-`loraloop segments list|show|create`:
+`loraloop segments list|show|users|create`:
 the operator's side of rollout, on the database directly (the gateways pick changes up
 within LORALOOP_REGISTRY_REFRESH_S). Actions are audited as `cli:<user>`."""
 
@@ -12,7 +12,7 @@ import json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapters import experiments, registry, segments
+from adapters import experiments, registry, segment_assignments, segments
 from adapters.errors import AdapterNotFound, NotFound
 from adapters.schema import AdapterEvent, AdapterVersion, Experiment, utcnow
 from gateway.admin.router import event_json, experiment_json, version_json
@@ -51,6 +51,10 @@ def add_segment_commands(sub: argparse._SubParsersAction) -> None:
         "alias", nargs="?", help="only this alias's")
     seg_sub.add_parser("show", help="a segment's alias (ALIAS@SEGMENT): what it serves, traffic, history") \
         .add_argument("alias")
+    users = seg_sub.add_parser("users", help="a learned segment's users (ALIAS@SEGMENT), by id")
+    users.add_argument("alias")
+    users.add_argument("--limit", type=int, default=100)
+    users.add_argument("--after", default="", help="ids after this one (the last of the previous page)")
     create = seg_sub.add_parser("create", help="give SEGMENT of ALIAS its own alias (trained on its users only)")
     create.add_argument("alias")
     create.add_argument("segment")
@@ -60,6 +64,8 @@ def add_segment_commands(sub: argparse._SubParsersAction) -> None:
 def segments_cmd(session: Session, settings: Settings, args: argparse.Namespace) -> object:
     if args.action == "show":
         return segments.describe(session, args.alias)
+    if args.action == "users":
+        return segment_assignments.members(session, args.alias, min(max(args.limit, 1), 10_000), args.after)
     if args.action == "create":
         row = segments.create(session, args.alias, args.segment, actor=actor(), reason=args.reason,
                               max_segments=settings.max_segments)

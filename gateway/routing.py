@@ -9,14 +9,18 @@
                                   the rest the champion; requests without a user id are
                                   assigned at random. Not before a replica holds the canary.
     an alias, with a segment       -> the segment's alias `<alias>@<segment>` as above, once it
-      (X-Loraloop-Segment)            exists (adapters/segments.py); until then the alias.
-                                      A segment's alias without a champion serves the alias's.
+      (X-Loraloop-Segment, or the     exists (adapters/segments.py); until then the alias.
+      user's learned segment)         A segment's alias without a champion serves the alias's.
+                                      A declared segment wins over a learned one.
 
 Versions and aliases that belong to one tenant exist only for that tenant's keys: for any
 other key they are a 404, exactly like names that do not exist, and /v1/models omits them.
 
 The table is a snapshot of the registry, refreshed in the background and once more on a
-miss, so a version registered a moment ago is routable at once.
+miss, so a version registered a moment ago is routable at once. Learned segments' members
+are too many for it (one row per user): a user's is read when first needed, off the event
+loop, and kept 30 s in a bounded cache (`Assignments`), only for aliases that
+have learned segments and only for the tenant whose users were placed.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ import hashlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from adapters import registry
+from adapters import registry, segment_assignments
 from adapters.errors import ModelNotFound
+from adapters.schema import DEFAULT_TENANT
 from adapters.segments import segment_alias, split_name
 
 log = logging.getLogger(__name__)
@@ -45,7 +52,7 @@ class Route:
     adapter_path: str | None
     alias: str | None  # the alias that served it: a segment's own (`<alias>@<segment>`) where it has one
     arm: str
-    segment: str = ""  # the user's segment as the request declared it
+    segment: str = ""  # the user's segment: as the request declared it, or as their thumbs placed them
 
 
 class Router:
@@ -59,6 +66,7 @@ class Router:
         self.miss_refresh_s = miss_refresh_s
         self._loaded_at = 0.0
         self._started = self._applied = 0  # refresh tickets
+        self.assignments = Assignments(sessions)
 
     def _load(self) -> registry.RoutingSnapshot:
         with self.sessions() as session:
@@ -75,6 +83,9 @@ class Router:
             self._loaded_at = time.monotonic()
 
     async def resolve(self, model: str, user: str = "", tenant: str = "default", segment: str = "") -> Route:
+        if not segment and user and model in self.table.learned and \
+                tenant == (self.table.owners.get(model) or DEFAULT_TENANT):
+            segment = await self.assignments.segment(model, tenant, user)
         route = self._lookup(model, user, tenant, segment)
         if route is None and time.monotonic() - self._loaded_at > self.miss_refresh_s:
             await self.refresh()
@@ -137,3 +148,34 @@ def in_canary(split: registry.Split, user: str) -> bool:
         return random.random() < split.share
     digest = hashlib.blake2b(f"{split.experiment}:{user}".encode(), digest_size=8).digest()
     return int.from_bytes(digest) / 2**64 < split.share
+
+
+class Assignments:
+    """Users' learned segments (adapters/segment_assignments.py), read once per `ttl_s` per
+    user and kept for at most `size` users (least recently used out first): a client
+    inventing user ids costs one indexed read each, and memory stays flat."""
+
+    def __init__(self, sessions: sessionmaker, ttl_s: float = 30.0, size: int = 100_000):
+        self.sessions, self.ttl_s, self.size = sessions, ttl_s, size
+        self._cache: OrderedDict[tuple[str, str, str], tuple[str, float]] = OrderedDict()
+
+    def _read(self, parent: str, tenant: str, user: str) -> str:
+        with self.sessions() as session:
+            return segment_assignments.segment_of(session, parent, tenant, user)
+
+    async def segment(self, parent: str, tenant: str, user: str) -> str:
+        key = (parent, tenant, user)
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] > time.monotonic():
+            self._cache.move_to_end(key)
+            return hit[0]
+        try:
+            segment = await anyio.to_thread.run_sync(self._read, parent, tenant, user)
+        except SQLAlchemyError as exc:  # the database is down: serve the alias's champion, as for a new user
+            log.warning("learned segment of a user unreadable (%s); serving the alias's champion", type(exc).__name__)
+            segment = ""
+        self._cache[key] = (segment, time.monotonic() + self.ttl_s)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return segment

@@ -21,8 +21,9 @@ Rules:
   tenant's users get without that opt-in.
 - Segments (`for_alias`): a segment's alias (`support@formal`, adapters/segments.py) trains
   on its segment's traffic only, including what its users were served before it had an
-  alias. Any other alias trains as before segments, on its tenant(s)' feedback, less every
-  segment alias's.
+  alias (for a learned segment: what its assigned users were served by the alias). Any
+  other alias trains as before segments, on its tenant(s)' feedback, less every segment
+  alias's.
 Interactions of keys that opted out of prompt logging carry no text and never appear here.
 
 Scale: rows are streamed from the database (`BATCH` at a time), never loaded whole, and the
@@ -46,11 +47,11 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, Text, and_, case, cast, func, literal, or_, select, union_all
+from sqlalchemy import Select, Text, and_, case, cast, exists, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from adapters.feedback import purge_before, purge_user, votes
-from adapters.schema import DEFAULT_TENANT, Alias, Interaction, utcnow
+from adapters.schema import DEFAULT_TENANT, Alias, Interaction, SegmentAssignment, utcnow
 from adapters.segments import segment_alias
 
 BATCH = 1000  # rows per fetch: a round trip's cost amortised, memory flat whatever the table's size
@@ -69,6 +70,8 @@ class DataConfig:
     # segment's traffic only; without, never theirs
     segment_of: tuple[str, str] | None = None
     segments_off: tuple[tuple[str, str], ...] = ()
+    # those of them that are learned: their assigned users' rows on the alias are theirs too
+    learned: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.heldout_fraction < 1:
@@ -105,17 +108,22 @@ def scope_filters(cfg: DataConfig) -> list[Any]:
     conditions = ([i.c.tenant == cfg.tenant] if cfg.tenant is not None else []) + \
         ([i.c.tenant.not_in(cfg.exclude_tenants)] if cfg.exclude_tenants else [])
     if cfg.segment_of is not None:
-        conditions.append(_segments_traffic([cfg.segment_of]))
+        conditions.append(_segments_traffic([cfg.segment_of], cfg.learned))
     if cfg.segments_off:
-        conditions.append(~_segments_traffic(cfg.segments_off))
+        conditions.append(~_segments_traffic(cfg.segments_off, cfg.learned))
     return conditions
 
 
-def _segments_traffic(segments: Sequence[tuple[str, str]]) -> Any:
-    """What these segments' aliases served, and what their users declared before they had one."""
-    i = Interaction.__table__
+def _segments_traffic(segments: Sequence[tuple[str, str]], learned: Sequence[tuple[str, str]] = ()) -> Any:
+    """What these segments' aliases served, and what their users declared before they had one;
+    for a learned segment, what its assigned users were served by the alias before."""
+    i, a = Interaction.__table__, SegmentAssignment.__table__
     return or_(i.c.requested_model.in_([segment_alias(alias, segment) for alias, segment in segments]),
-               *(and_(i.c.requested_model == alias, i.c.segment == segment) for alias, segment in segments))
+               *(and_(i.c.requested_model == alias, i.c.segment == segment) for alias, segment in segments),
+               *(and_(i.c.requested_model == alias, i.c.segment == "",
+                      exists().where(a.c.parent == alias, a.c.segment == segment, a.c.tenant == i.c.tenant,
+                                     a.c.end_user == i.c.end_user))
+                 for alias, segment in segments if (alias, segment) in learned))
 
 
 def _rated(cfg: DataConfig) -> Select:
@@ -199,11 +207,12 @@ def _plain_request(prompt: Any) -> bool:
 
 def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
     """`cfg` restricted to the feedback that may train `alias` (see the module's rules)."""
-    rows = session.execute(select(Alias.name, Alias.tenant, Alias.parent, Alias.segment)).all()
+    rows = session.execute(select(Alias.name, Alias.tenant, Alias.parent, Alias.segment, Alias.learned)).all()
     owners = {row.name: row.tenant for row in rows}
     segments = {row.name: (row.parent, row.segment) for row in rows if row.parent is not None}
-    cfg = replace(cfg, segment_of=segments[alias]) if alias in segments else \
-        replace(cfg, segments_off=tuple(sorted(segments.values())))
+    learned = tuple(sorted((row.parent, row.segment) for row in rows if row.parent is not None and row.learned))
+    cfg = replace(cfg, segment_of=segments[alias], learned=learned) if alias in segments else \
+        replace(cfg, segments_off=tuple(sorted(segments.values())), learned=learned)
     if owners.get(alias) is not None:
         return replace(cfg, tenant=owners[alias])
     owning = tuple(sorted({t for t in owners.values() if t is not None}))

@@ -3,7 +3,9 @@ new candidate when enough new feedback has arrived.
 
 The alias of the runs (`--alias` in LORALOOP_TRAIN_ARGS, default `default`) is trained, and
 so is every segment's alias (adapters/segments.py; each tick first creates those that
-declared segments have earned), each on its own feedback (trainer/data.py `for_alias`). One
+declared segments have earned, then looks for groups of users whose thumbs disagree and
+places users in learned segments: trainer/segment_learning.py), each on its own feedback
+(trainer/data.py `for_alias`). One
 run per tick, as the lease allows one at a time: of those with at least
 LORALOOP_TRAIN_MIN_NEW_RATINGS new ratings, the one whose last run is oldest, so a segment
 whose users rate a lot cannot keep the trainer from the others. (Other top-level aliases
@@ -37,8 +39,10 @@ from adapters import segments
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.schema import Alias, Feedback, Interaction, Lease, TrainingRun, as_utc, utcnow
 from adapters.settings import StoreSettings
+from trainer import segment_learning
 from trainer.data import DataConfig, for_alias, scope_filters
 from trainer.runs import LEASE, LEASE_TTL, run_exclusive
+from trainer.segment_learning import LearnConfig
 from trainer.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,9 @@ class SchedulerSettings(StoreSettings):
         "this long ago (a dead node) is taken over."))
     segment_min_ratings: int = Field(50, ge=1, description=(
         "Rated answers of users who declared a segment before it gets an alias of its own (and is trained)."))
+    learn_segments: bool = Field(True, description=(
+        "Look for groups of the trained alias's users whose thumbs disagree, and give each its own segment "
+        "(trainer/segment_learning.py); kept only when it predicts their unseen thumbs significantly better."))
 
 
 def new_ratings_since_last_run(session: Session, alias: str, cross_tenant: bool, live_run: bool) -> int:
@@ -106,10 +113,14 @@ def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = N
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     try:
+        cfg = train_config(settings)
         if settings.max_segments:
             for name in segments.ensure_segments(sessions, settings.segment_min_ratings, settings.max_segments):
                 log.info("segment alias %s created", name)
-        alias, new = due_alias(sessions, settings.train_min_new_ratings, train_config(settings))
+            if settings.learn_segments:
+                learned = segment_learning.learn(sessions, cfg.alias, LearnConfig(max_segments=settings.max_segments))
+                log.info("segment learning: %s", learned)
+        alias, new = due_alias(sessions, settings.train_min_new_ratings, cfg)
         if alias is None:
             log.info("training skipped: new ratings %s, %d needed", new, settings.train_min_new_ratings)
             return "not_enough_data"

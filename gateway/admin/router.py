@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from adapters import experiments, registry, segments
+from adapters import experiments, registry, segment_assignments, segments
 from adapters.errors import AdapterNotFound
 from adapters.schema import AdapterEvent, AdapterVersion, Experiment
 from gateway.deps import Admin, State
@@ -133,6 +133,13 @@ async def list_segments(state: State, _: Admin, alias: str | None = None) -> dic
 @router.get("/segments/{alias}")
 async def show_segment(alias: str, state: State, _: Admin) -> dict:
     return await _in_db(state, lambda s: segments.describe(s, alias))
+
+
+@router.get("/segments/{alias}/users")
+async def segment_users(alias: str, state: State, _: Admin, limit: int = Query(100, ge=1, le=10_000),
+                        after: str = "") -> dict:
+    """A learned segment's users, by id from `after` (page with the last id of the previous page)."""
+    return {"data": await _in_db(state, lambda s: segment_assignments.members(s, alias, limit, after))}
 
 
 @router.post("/aliases/{alias}/segments")

@@ -1,0 +1,143 @@
+"""Learned segments: finds the groups of an alias's users whose thumbs disagree with the rest,
+gives each its own segment's alias (adapters/segments.py), and puts each user in theirs.
+
+Each scheduler tick, for the trained alias (`learn`):
+- reads the newest `max_votes` rated answers its users gave a thumb to themselves (the
+  answer's own end user's rating: a client rating other users' answers cannot move them),
+  of the tenant whose feedback trains it, at most `max_per_user` from one user;
+- without learned segments yet: looks for a split of its users that predicts their unseen
+  thumbs better than one taste for all (trainer/taste_clusters.py `find_split`). Found, each
+  group gets a segment's alias `<alias>@taste-<n>` (while slots are free: LORALOOP_MAX_SEGMENTS)
+  and its users are assigned to it. Each new alias serves the alias's champion until a
+  candidate trained on its users' feedback wins an A/B test among them, like any segment.
+- with learned segments: places users who have rated at least `min_user_votes` answers
+  since (new users start in no segment: the alias's champion) in the segment whose members'
+  taste is nearest, and moves an assigned user only when another is nearer by `margin`.
+
+Users who declared a segment (X-Loraloop-Segment) are the app's to place: their rows are not
+read. Memory and time are bounded by `max_votes` x the feature width (4,096 floats a vote).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from adapters import segment_assignments, segments
+from adapters.errors import InvalidAdapter
+from adapters.schema import DEFAULT_TENANT, Alias, Feedback, Interaction
+from adapters.segment_assignments import Placement
+from adapters.settings import MAX_SEGMENTS
+from trainer import taste_clusters
+from trainer.taste_clusters import Votes
+
+log = logging.getLogger(__name__)
+PREFIX = "taste-"  # learned segments' names: taste-1, taste-2, ...
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    max_votes: int = 20_000  # newest rated answers read per pass
+    max_per_user: int = 100  # of them from one user: one heavy rater is one user
+    min_user_votes: int = 6  # a user's own thumbs before they are placed (or counted in a split)
+    min_users: int = 3  # in every group of a split
+    max_k: int = 4  # groups tried
+    alpha: float = 0.01  # the split's test level (trainer/taste_clusters.py)
+    margin: float = 0.2  # how much nearer another segment must be to move an assigned user
+    max_segments: int = MAX_SEGMENTS
+
+
+def read_votes(session: Session, parent: str, tenant: str, learned: list[str], cfg: LearnConfig) -> Votes | None:
+    """The alias's (and its learned segments') newest self-rated answers as `Votes`, each
+    user's cut in two halves by a hash of the answer's id."""
+    i, f = Interaction, Feedback
+    rows = session.execute(
+        select(i.id, i.end_user, i.response, f.rating)
+        .join(f, (f.interaction_id == i.id) & (f.end_user == i.end_user))
+        .where(i.tenant == tenant, i.requested_model.in_([parent, *learned]), i.status == 200,
+               i.response.is_not(None), i.end_user != "", f.rating != 0,
+               (i.segment == "") | i.requested_model.in_(learned))
+        .order_by(i.created_at.desc(), i.id).limit(cfg.max_votes)).all()
+    per_user: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        if per_user.get(row.end_user, 0) < cfg.max_per_user:
+            per_user[row.end_user] = per_user.get(row.end_user, 0) + 1
+            kept.append(row)
+    if not kept:
+        return None
+    return Votes([r.end_user for r in kept], taste_clusters.features([r.response or "" for r in kept]),
+                 np.array([1.0 if r.rating > 0 else -1.0 for r in kept]),
+                 np.array([hashlib.blake2b(r.id.encode(), digest_size=1).digest()[0] % 2 == 1 for r in kept]))
+
+
+def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(), actor: str = "scheduler") -> dict:
+    """One pass for alias `parent` (see the module's doc). Returns what it did, for the log."""
+    with sessions() as session:
+        row = session.get(Alias, parent)
+        if row is None or row.parent is not None:
+            return {"alias": parent, "skipped": "not a top-level alias"}
+        tenant = row.tenant or DEFAULT_TENANT
+        mine = list(session.scalars(select(Alias).where(Alias.parent == parent)))
+        learned = sorted(a.segment or "" for a in mine if a.learned)
+        votes = read_votes(session, parent, tenant, [segments.segment_alias(parent, s) for s in learned], cfg)
+        assigned = segment_assignments.current(session, parent, tenant)
+    if votes is None:
+        return {"alias": parent, "skipped": "no rated answers"}
+    taste = taste_clusters.tastes(taste_clusters.common_words(votes, taste_clusters.MIN_SHARE),
+                                  np.ones(len(votes.users), dtype=bool), cfg.min_user_votes)
+    if learned:
+        return _place(sessions, parent, tenant, learned, taste, assigned, votes, cfg, actor)
+    split = taste_clusters.find_split(votes, min_user_votes=cfg.min_user_votes, max_k=cfg.max_k,
+                                      min_users=cfg.min_users, alpha=cfg.alpha)
+    outcome = {"alias": parent, "users": len(set(votes.users)), "votes": len(votes.users)}
+    if split is None:
+        return {**outcome, "split": None}
+    free = cfg.max_segments - len(mine)
+    if free < split.k:
+        return {**outcome, "split": split.k, "skipped": f"{free} segment slots free, {split.k} groups found"}
+    names = [f"{PREFIX}{n}" for n in range(1, split.k + 1)]
+    numbers = {"groups": split.k, "z": round(split.z, 2), "gain": round(split.gain, 4),
+               "heldout_users": split.heldout_users, "heldout_votes": split.heldout_votes}
+    try:
+        with sessions.begin() as session:
+            for name in names:
+                segments.create(session, parent, name, actor=actor, learned=True, max_segments=cfg.max_segments,
+                                reason=f"learned: {split.k} groups of users whose thumbs disagree", numbers=numbers)
+            placed = _placements(taste, {u: names[g] for u, g in split.clusters.items()}, {}, votes, cfg)
+            added, _ = segment_assignments.place(session, parent, tenant, placed, actor=actor,
+                                                 reason="a new split", numbers=numbers)
+    except InvalidAdapter as exc:  # an operator took the slots meanwhile
+        return {**outcome, "split": split.k, "skipped": str(exc)}
+    return {**outcome, "split": split.k, "created": names, "assigned": added, **numbers}
+
+
+def _placements(taste: dict[str, np.ndarray], members: dict[str, str], current: dict[str, str], votes: Votes,
+                cfg: LearnConfig) -> dict[str, Placement]:
+    if not taste or not members:
+        return {}
+    labels = sorted(set(members.values()))
+    placed = taste_clusters.assign(taste, {u: labels.index(s) for u, s in members.items()},
+                                   {u: labels.index(s) for u, s in current.items() if s in labels}, cfg.margin)
+    counts: dict[str, int] = {}
+    for user in votes.users:
+        counts[user] = counts.get(user, 0) + 1
+    return {u: Placement(labels[g], counts[u], similarity) for u, (g, similarity) in placed.items()}
+
+
+def _place(sessions: sessionmaker, parent: str, tenant: str, learned: list[str], taste: dict[str, np.ndarray],
+           assigned: dict[str, str], votes: Votes, cfg: LearnConfig, actor: str) -> dict:
+    """Places the users with enough thumbs among the existing learned segments, sticky."""
+    members = {u: s for u, s in assigned.items() if s in learned and u in taste}
+    if len(set(members.values())) < 2:
+        return {"alias": parent, "skipped": "fewer than two learned segments with recent raters"}
+    placed = _placements(taste, members, assigned, votes, cfg)
+    with sessions.begin() as session:
+        added, moved = segment_assignments.place(session, parent, tenant, placed, actor=actor,
+                                                 reason="users' thumbs since the last pass")
+    return {"alias": parent, "placed": len(placed), "added": added, "moved": moved}
