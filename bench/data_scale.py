@@ -1,5 +1,6 @@
 """Training data at scale: `loraloop data report` and `export --format dpo` time and peak
-memory against the number of rated answers, on SQLite and PostgreSQL.
+memory against the number of rated answers, on SQLite and PostgreSQL, and one scheduler
+tick's checks (declared segments due, the learned-segment pass, each alias's new ratings).
 
     python bench/data_scale.py [--sizes 10000,100000,1000000] [--runs 3] [--databases sqlite,postgresql]
 
@@ -135,15 +136,38 @@ def _copy(conn, table: str, batch: list[dict], json_columns: frozenset[str] | se
             copy.write_row([json.dumps(row[c]) if c in json_columns else row[c] for c in columns])
 
 
+# One scheduler tick's checks, without training: declared segments due, the learned-segment
+# pass (reads the newest 20,000 self-rated answers, looks for a split), each alias's new ratings.
+TICK = """
+import json, sys, time
+from adapters import segments
+from adapters.db import make_engine, make_sessionmaker
+from trainer import segment_learning
+from trainer.scheduler import due_alias, train_config, SchedulerSettings
+settings = SchedulerSettings()
+sessions = make_sessionmaker(make_engine(settings.db_url))
+steps = {}
+for name, step in (("segments", lambda: segments.ensure_segments(sessions, 50)),
+                   ("learn", lambda: segment_learning.learn(sessions, "default")),
+                   ("due", lambda: due_alias(sessions, 50, train_config(settings)))):
+    began = time.perf_counter()
+    step()
+    steps[name] = round(time.perf_counter() - began, 2)
+print(json.dumps({"steps": steps}))
+"""
+
+
 def measured(args: list[str], env: dict, work: Path) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MiB, stdout) of one `python -m trainer.data ...` process.
+    """(seconds, peak RSS in MiB, stdout) of one `python -m trainer.data ...` process (or,
+    with args ["-c", code], of that code).
 
     Its peak RSS is /usr/bin/time's: Linux starts a child's peak at its parent's RSS when it
     forks, so wait4() from this (large, after filling) process would report ours, not its."""
     rusage = work / "rusage"
     began = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rusage), sys.executable, "-m", "trainer.data",
-                           *args], env=env, cwd=ROOT, capture_output=True, text=True)
+    command = args if args[0] == "-c" else ["-m", "trainer.data", *args]
+    done = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rusage), sys.executable, *command],
+                          env=env, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - began
     if done.returncode:
         raise RuntimeError(f"trainer.data {args[0]} failed: {done.stderr[-2000:]}")
@@ -156,10 +180,14 @@ def bench(db_url: str, n: int, runs: int, work: Path) -> dict:
     result: dict = {"n": n, "feedback_rows": feedback, "fill_s": time.perf_counter() - began}
     env = {**os.environ, "LORALOOP_DATABASE_URL": db_url, "LORALOOP_DATA_DIR": str(work), "PYTHONPATH": str(ROOT)}
     out = work / "pairs.jsonl"
-    for name, args in (("report", ["report"]), ("export", ["export", "--format", "dpo", "--out", str(out)])):
+    # the tick first: the learned-segment pass must not find what export or report left behind
+    for name, args in (("tick", ["-c", TICK]), ("report", ["report"]),
+                       ("export", ["export", "--format", "dpo", "--out", str(out)])):
         samples = [measured(args, env, work) for _ in range(runs)]
         result[f"{name}_s"] = statistics.median(s for s, _, _ in samples)
         result[f"{name}_mib"] = statistics.median(m for _, m, _ in samples)
+        if name == "tick":
+            result["tick_steps"] = json.loads(samples[0][2])["steps"]
         if name == "report":
             summary = json.loads(samples[0][2])
             assert summary["rated_answers"] == n, summary
@@ -212,12 +240,15 @@ def main() -> None:
             print(json.dumps(result), file=sys.stderr, flush=True)
             results.append(result)
     print("| database | rated answers | feedback rows | fill (s) | report (s) | report peak RSS (MiB) "
-          "| export dpo (s) | export peak RSS (MiB) | pairs (regeneration) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| export dpo (s) | export peak RSS (MiB) | pairs (regeneration) | scheduler tick (s): segments, "
+          "learn, due | tick peak RSS (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in results:
+        t = r["tick_steps"]
         print(f"| {r['database']} | {r['n']:,} | {r['feedback_rows']:,} | {r['fill_s']:.1f} | {r['report_s']:.1f} "
               f"| {r['report_mib']:.0f} | {r['export_s']:.1f} | {r['export_mib']:.0f} "
-              f"| {r['pairs']:,} ({r['regeneration_pairs']:,}) |")
+              f"| {r['pairs']:,} ({r['regeneration_pairs']:,}) | {t['segments']}, {t['learn']}, {t['due']} "
+              f"| {r['tick_mib']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@ The alias of the runs (`--alias` in LORALOOP_TRAIN_ARGS, default `default`) is t
 so is every segment's alias (adapters/segments.py; each tick first creates those that
 declared segments have earned, then looks for groups of users whose thumbs disagree and
 places users in learned segments: trainer/segment_learning.py), each on its own feedback
-(trainer/data.py `for_alias`). One
-run per tick, as the lease allows one at a time: of those with at least
+(trainer/data.py `for_alias`). One run per tick, as the lease allows one at a time: of those with at least
 LORALOOP_TRAIN_MIN_NEW_RATINGS new ratings, the one whose last run is oldest, so a segment
-whose users rate a lot cannot keep the trainer from the others. (Other top-level aliases
-share their tenant's feedback with the configured one, trainer/data.py, so training them
-too would repeat its runs: `loraloop train --alias` trains one by hand.)
+whose users rate a lot cannot keep the trainer from the others. Every alias a tenant owns
+is trained too, on that tenant's feedback. (Other shared aliases train on the same feedback
+as the configured one, trainer/data.py, so training them too would repeat its runs:
+`loraloop train --alias` trains one by hand.)
 
     python -m trainer.scheduler            # run the scheduler (blocking)
     python -m trainer.scheduler --once     # one check-and-maybe-train, then exit
@@ -87,11 +87,21 @@ def new_ratings_since_last_run(session: Session, alias: str, cross_tenant: bool,
     return int(session.scalar(query) or 0)
 
 
-def due_alias(sessions: sessionmaker, min_new: int, cfg: TrainConfig) -> tuple[str | None, dict[str, int]]:
-    """(the alias to train now, or None; new ratings of each): of `cfg.alias` and the segments'
-    aliases with at least `min_new` new ratings, the one whose last run is oldest (never: first)."""
+def trained_aliases(sessions: sessionmaker, configured: str, segments_too: bool = True) -> list[str]:
+    """The configured alias, every alias a tenant owns (each trains on its tenant's feedback
+    only) and, with `segments_too`, every segment's alias."""
+    owned = Alias.tenant.is_not(None) & Alias.parent.is_(None)
     with sessions() as session:
-        aliases = sorted({cfg.alias, *session.scalars(select(Alias.name).where(Alias.parent.is_not(None)))})
+        return sorted({configured, *session.scalars(select(Alias.name).where(
+            owned | Alias.parent.is_not(None) if segments_too else owned))})
+
+
+def due_alias(sessions: sessionmaker, min_new: int, cfg: TrainConfig) -> tuple[str | None, dict[str, int]]:
+    """(the alias to train now, or None; new ratings of each): of `cfg.alias`, the segments'
+    and the tenants' own aliases with at least `min_new` new ratings, the one whose last run
+    is oldest (never: first)."""
+    aliases = trained_aliases(sessions, cfg.alias)
+    with sessions() as session:
         last_runs = dict(session.execute(select(TrainingRun.alias, func.max(TrainingRun.started_at))
                                          .group_by(TrainingRun.alias)).all())
         live_run = session.scalar(select(Lease.name).where(Lease.name == LEASE, Lease.expires_at > utcnow()))
@@ -118,8 +128,9 @@ def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = N
             for name in segments.ensure_segments(sessions, settings.segment_min_ratings, settings.max_segments):
                 log.info("segment alias %s created", name)
             if settings.learn_segments:
-                learned = segment_learning.learn(sessions, cfg.alias, LearnConfig(max_segments=settings.max_segments))
-                log.info("segment learning: %s", learned)
+                for parent in trained_aliases(sessions, cfg.alias, segments_too=False):
+                    learned = segment_learning.learn(sessions, parent, LearnConfig(max_segments=settings.max_segments))
+                    log.info("segment learning: %s", learned)
         alias, new = due_alias(sessions, settings.train_min_new_ratings, cfg)
         if alias is None:
             log.info("training skipped: new ratings %s, %d needed", new, settings.train_min_new_ratings)

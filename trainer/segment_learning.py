@@ -15,7 +15,7 @@ Each scheduler tick, for the trained alias (`learn`):
   taste is nearest, and moves an assigned user only when another is nearer by `margin`.
 
 Users who declared a segment (X-Loraloop-Segment) are the app's to place: their rows are not
-read. Memory and time are bounded by `max_votes` x the feature width (4,096 floats a vote).
+read. Memory and time are bounded by `max_votes` x the common features (a few hundred at most).
 """
 
 from __future__ import annotations
@@ -89,8 +89,7 @@ def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(),
         assigned = segment_assignments.current(session, parent, tenant)
     if votes is None:
         return {"alias": parent, "skipped": "no rated answers"}
-    taste = taste_clusters.tastes(taste_clusters.common_words(votes, taste_clusters.MIN_SHARE),
-                                  np.ones(len(votes.users), dtype=bool), cfg.min_user_votes)
+    taste = taste_clusters.tastes(votes, np.ones(len(votes.users), dtype=bool), cfg.min_user_votes)
     if learned:
         return _place(sessions, parent, tenant, learned, taste, assigned, votes, cfg, actor)
     split = taste_clusters.find_split(votes, min_user_votes=cfg.min_user_votes, max_k=cfg.max_k,

@@ -30,24 +30,35 @@ from statistics import NormalDist
 
 import numpy as np
 
-DIM = 4096  # hashed feature width: collisions are rare among the few hundred words that carry a style
+DIM = 1 << 16  # hashed feature width: collisions are rare among the few hundred words that carry a style
 MAX_WORDS = 200  # of an answer: enough for a style, bounded whatever the answer's length
-MIN_SHARE = 0.1  # of the answers a feature must appear in to count (`common_words`)
+MIN_SHARE = 0.1  # of the answers a feature must appear in to count (`features`)
 _TOKEN = re.compile(r"[a-z0-9']+|[!?.,;:]")
 
 
-def features(texts: list[str], dim: int = DIM) -> np.ndarray:
+def features(texts: list[str], dim: int = DIM, min_share: float = MIN_SHARE) -> np.ndarray:
     """One unit row per text: its words, adjacent word pairs and length, hashed (crc32: the
-    same in every process, unlike Python's salted hash)."""
-    rows = np.zeros((len(texts), dim), dtype=np.float32)
-    for i, text in enumerate(texts):
+    same in every process, unlike Python's salted hash), keeping only the features found in
+    at least `min_share` of the texts. A taste a group shares shows in words many answers
+    carry (an opener, a sign-off, "!"); a topic's or a name's words come with a few votes
+    of each user and only add noise to their taste. It also keeps the matrix narrow: an
+    answer has at most a few hundred grams, so at most that many over `min_share` columns
+    pass, whatever the number of texts."""
+    hashed = []
+    for text in texts:
         words = _TOKEN.findall(text[:MAX_WORDS * 16].lower())[:MAX_WORDS]
         # length is a taste too
         shape = [f"#words:{min(len(words) // 8, 12)}", f"#sentences:{min(text.count('. ') + 1, 8)}"]
-        for gram in words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)] + shape:
-            rows[i, zlib.crc32(gram.encode()) % dim] = 1.0
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.maximum(norms, 1e-9)
+        grams = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)] + shape
+        hashed.append(np.unique(np.array([zlib.crc32(g.encode()) % dim for g in grams], dtype=np.int64)))
+    counts = np.bincount(np.concatenate(hashed), minlength=dim) if hashed else np.zeros(dim, dtype=np.int64)
+    kept = np.flatnonzero(counts >= max(min_share * len(texts), 1))
+    column = np.full(dim, -1)
+    column[kept] = np.arange(len(kept))
+    rows = np.zeros((len(texts), max(len(kept), 1)), dtype=np.float32)
+    for i, cells in enumerate(hashed):
+        rows[i, column[cells][column[cells] >= 0]] = 1.0
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
 
 
 @dataclass(frozen=True)
@@ -68,16 +79,6 @@ class Split:
     gain: float  # mean per user of that agreement's gain (cosine units)
     heldout_users: int
     heldout_votes: int
-
-
-def common_words(votes: Votes, min_share: float) -> Votes:
-    """`votes` with only the features found in at least `min_share` of the answers: a taste
-    a group shares shows in words many answers carry (an opener, a sign-off, "!"); a topic's
-    or a name's words come with a few votes of each user and only add noise to their taste."""
-    share = (votes.x > 0).mean(axis=0)
-    x = votes.x * (share >= min_share)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
-    return Votes(votes.users, x, votes.sign, votes.heldout)
 
 
 def tastes(votes: Votes, mask: np.ndarray, min_votes: int) -> dict[str, np.ndarray]:
@@ -137,11 +138,10 @@ def kmeans(points: np.ndarray, k: int, seed: int, restarts: int = 8, iterations:
 
 
 def find_split(votes: Votes, *, min_user_votes: int = 6, max_k: int = 4, min_users: int = 3,
-               min_share: float = MIN_SHARE, alpha: float = 0.01, seed: int = 0) -> Split | None:
+               alpha: float = 0.01, seed: int = 0) -> Split | None:
     """The clustering of users that predicts their held-out thumbs best, if it beats one
     shared taste significantly (see the module's doc); None when none does. k grows only
     while each step beats the last significantly, so two tastes make two groups, not four."""
-    votes = common_words(votes, min_share)
     fit = tastes(votes, ~votes.heldout, max(min_user_votes // 2, 1))
     if len(fit) < 2 * min_users:
         return None

@@ -281,3 +281,16 @@ def test_the_new_ratings_trigger_counts_other_tenants_only_with_cross_tenant(db_
         store.rate(store.answer(f"q{i}", "text", tenant="globex"), 1, tenant="globex")
     assert run_once(settings_for(db_url, tmp_path), approved) == "not_enough_data"
     assert run_once(settings_for(db_url, tmp_path, train_args="--cross-tenant"), approved) == "approved"
+
+
+def test_an_alias_a_tenant_owns_is_trained_on_that_tenants_new_ratings(db_url: str, tmp_path: Path) -> None:
+    store = Store(db_url)
+    with store.sessions.begin() as session:
+        session.add(registry.Alias(name="acme-support", tenant="acme"))
+    for i in range(3):
+        store.rate(store.answer(f"a{i}", "text", tenant="acme", model="acme-support"), 1, tenant="acme")
+    settings = settings_for(db_url, tmp_path)
+    assert run_once(settings, approved) == "approved"
+    assert run_once(settings, approved) == "not_enough_data"  # "default" (tenant default's) has nothing new
+    with store.session() as session:
+        assert list(session.scalars(select(TrainingRun.alias))) == ["acme-support"]
