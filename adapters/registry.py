@@ -142,6 +142,8 @@ def lock_alias(session: Session, alias: str, create: bool = False, tenant: str |
         raise InvalidAdapter(f"alias {alias!r} must match {NAME_RE.pattern}")
     session.execute(update(Alias).where(Alias.name == alias).values(updated_at=utcnow()))
     row = session.execute(select(Alias).where(Alias.name == alias).with_for_update()).scalar_one_or_none()
+    if row is not None and row.deleted_at is not None:
+        raise AdapterNotFound(f"segment alias {alias!r} was deleted (`loraloop segments create` restores it)")
     if row is None:
         if not create:
             raise AdapterNotFound(f"alias {alias!r} does not exist")
@@ -178,7 +180,7 @@ def set_champion(session: Session, alias: str, name: str, *, actor: str = "syste
     if previous == name:
         return
     transition(session, name, S.champion, actor=actor, reason=reason, alias=alias, numbers=numbers)
-    if previous is not None and not _champion_elsewhere(session, previous, alias):
+    if previous is not None and not champion_elsewhere(session, previous, alias):
         transition(session, previous, S.retired, actor=actor, reason=f"replaced by {name}", alias=alias)
     row.champion, row.previous_champion = name, previous
     session.flush()
@@ -192,7 +194,7 @@ def rollback_champion(session: Session, alias: str, *, actor: str, reason: str =
     current, previous = row.champion, row.previous_champion
     if current is not None and previous is None and row.parent is not None:
         # a segment's first champion: back to serving its parent's
-        if not _champion_elsewhere(session, current, alias):
+        if not champion_elsewhere(session, current, alias):
             transition(session, current, S.retired, actor=actor, reason=reason or "rolled back", alias=alias)
         audit(session, "segment_follow_parent", actor, reason or f"rollback from {current}", alias=alias,
               version=current)
@@ -202,14 +204,15 @@ def rollback_champion(session: Session, alias: str, *, actor: str, reason: str =
     if previous is None or current is None:
         raise InvalidTransition(f"alias {alias!r} has no previous champion to roll back to")
     transition(session, previous, S.champion, actor=actor, reason=reason or f"rollback from {current}", alias=alias)
-    if not _champion_elsewhere(session, current, alias):
+    if not champion_elsewhere(session, current, alias):
         transition(session, current, S.retired, actor=actor, reason=reason or "rolled back", alias=alias)
     row.champion, row.previous_champion = previous, None
     session.flush()
     return previous
 
 
-def _champion_elsewhere(session: Session, name: str, alias: str) -> bool:
+def champion_elsewhere(session: Session, name: str, alias: str) -> bool:
+    """Whether another alias than `alias` has `name` as its champion."""
     return session.execute(
         select(Alias.name).where(Alias.champion == name, Alias.name != alias)
     ).first() is not None
@@ -219,7 +222,7 @@ def snapshot(session: Session) -> RoutingSnapshot:
     rows = list(session.scalars(select(AdapterVersion)))
     versions = {v.name: v.path for v in rows if v.state.servable and v.kind == "policy"}
     retired = frozenset(v.name for v in rows if v.state == S.retired)
-    alias_rows = list(session.scalars(select(Alias)))
+    alias_rows = list(session.scalars(select(Alias).where(Alias.deleted_at.is_(None))))
     aliases = {a.name: a.champion for a in alias_rows}
     splits = {e.alias: Split(e.id, e.canary, e.canary_share, e.champion)
               for e in session.scalars(select(Experiment).where(Experiment.status == "running"))}

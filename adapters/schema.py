@@ -120,6 +120,9 @@ class Alias(Base):
     segment: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # made by segment learning (users put in it by their thumbs), not declared by requests
     learned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # a deleted segment (`loraloop segments delete`): kept for its experiments and history,
+    # routed to nobody, its traffic the parent's again; not recreated until an operator does
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
 

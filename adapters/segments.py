@@ -28,12 +28,22 @@ import re
 from dataclasses import dataclass
 
 from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import delete as delete_rows
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import registry
 from adapters.errors import InvalidAdapter, InvalidRequest, NotFound
 from adapters.feedback import votes
-from adapters.schema import DEFAULT_TENANT, AdapterEvent, Alias, Experiment, Interaction, SegmentAssignment
+from adapters.schema import (
+    DEFAULT_TENANT,
+    AdapterEvent,
+    AdapterState,
+    Alias,
+    Experiment,
+    Interaction,
+    SegmentAssignment,
+    utcnow,
+)
 from adapters.settings import MAX_SEGMENTS
 
 SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # the part after the "@" of registry.SEGMENT_ALIAS_RE
@@ -80,12 +90,18 @@ def create(session: Session, parent: str, segment: str, *, actor: str, reason: s
         raise InvalidAdapter(f"{parent!r} is itself a segment; segments have no segments", param="model")
     name = segment_alias(parent, segment)
     existing = session.get(Alias, name)
-    if existing is not None:
+    if existing is not None and existing.deleted_at is None:
         return existing
-    count = session.scalar(select(func.count()).select_from(Alias).where(Alias.parent == parent)) or 0
+    count = session.scalar(select(func.count()).select_from(Alias).where(Alias.parent == parent,
+                                                                         Alias.deleted_at.is_(None))) or 0
     if count >= max_segments:
         raise InvalidAdapter(f"alias {parent!r} has {count} segments, the most allowed (LORALOOP_MAX_SEGMENTS); "
                              "its other segments share its champion", param="segment")
+    if existing is not None:  # deleted before: restored, following the parent's champion again
+        existing.deleted_at = None
+        registry.audit(session, "segment_restore", actor, reason, alias=name, numbers={"parent": parent})
+        session.flush()
+        return existing
     row = Alias(name=name, tenant=parent_row.tenant, parent=parent, segment=segment, learned=learned)
     session.add(row)
     registry.audit(session, "segment_create", actor, reason, alias=name,
@@ -94,8 +110,37 @@ def create(session: Session, parent: str, segment: str, *, actor: str, reason: s
     return row
 
 
+def delete(session: Session, alias: str, *, actor: str, reason: str = "") -> Alias:
+    """Stops serving a segment its own adapters: its users get the parent's champion, its
+    traffic trains the parent again, a learned segment's users are unassigned (placed anew
+    by later passes). The row stays, with its experiments and audit trail, and the label is
+    not given an alias again until an operator `create`s it. Refused while an experiment
+    runs on it (roll it back first: its users are in the middle of a test)."""
+    row = registry.lock_alias(session, alias)
+    if row.parent is None:
+        raise InvalidAdapter(f"{alias!r} is not a segment's alias; only segments can be deleted", param="alias")
+    running = session.scalar(select(Experiment.id).where(Experiment.alias == alias,
+                                                         Experiment.status.in_(["running", "paused"])))
+    if running is not None:
+        raise InvalidAdapter(f"experiment {running} is open on {alias!r}: roll it back or promote it first",
+                             param="alias")
+    row.deleted_at = utcnow()
+    champion, row.champion, row.previous_champion = row.champion, None, None
+    if champion is not None and not registry.champion_elsewhere(session, champion, alias):
+        # replicas free it (only retired versions are unloaded); a pinned request still works
+        registry.transition(session, champion, AdapterState.retired, actor=actor,
+                            reason=reason or "segment deleted", alias=alias)
+    members = (SegmentAssignment.parent == row.parent) & (SegmentAssignment.segment == row.segment)
+    unassigned = session.scalar(select(func.count()).select_from(SegmentAssignment).where(members)) or 0
+    session.execute(delete_rows(SegmentAssignment).where(members))
+    registry.audit(session, "segment_delete", actor, reason, alias=alias,
+                   numbers={"champion": champion, "unassigned_users": unassigned})
+    session.flush()
+    return row
+
+
 def list_segments(session: Session, parent: str | None = None) -> list[SegmentInfo]:
-    query = select(Alias).where(Alias.parent.is_not(None)).order_by(Alias.name)
+    query = select(Alias).where(Alias.parent.is_not(None), Alias.deleted_at.is_(None)).order_by(Alias.name)
     if parent is not None:
         query = query.where(Alias.parent == parent)
     return [SegmentInfo(a.name, a.parent or "", a.segment or "", a.champion, a.tenant, a.learned)
@@ -128,14 +173,16 @@ def due_segments(session: Session, min_ratings: int, max_segments: int = MAX_SEG
     up to `max_segments` segments in all. Reads only (create them in a short transaction)."""
     due = []
     for parent in session.scalars(select(Alias.name).where(Alias.parent.is_(None)).order_by(Alias.name)).all():
-        have = set(session.scalars(select(Alias.segment).where(Alias.parent == parent)))
-        if len(have) >= max_segments:
+        rows = session.execute(select(Alias.segment, Alias.deleted_at).where(Alias.parent == parent)).all()
+        have = {label for label, _ in rows}  # deleted ones too: an operator's decision, not undone here
+        live = sum(deleted is None for _, deleted in rows)
+        if live >= max_segments:
             continue
         # labels with an alias keep their rows from before it: asked for past them
         counts = declared_counts(session, parent, min_ratings, limit=max_segments + len(have))
         ranked = [(label, rated) for label, (_, rated) in counts.items()
                   if label not in have and SEGMENT_RE.match(label)]
-        due += [(parent, label, rated) for label, rated in ranked[:max_segments - len(have)]]
+        due += [(parent, label, rated) for label, rated in ranked[:max_segments - live]]
     return due
 
 
@@ -191,7 +238,9 @@ def describe(session: Session, alias: str) -> dict:
     events = session.scalars(select(AdapterEvent).where(AdapterEvent.alias == alias).order_by(AdapterEvent.id))
     return {"alias": alias, "parent": row.parent, "segment": row.segment, "tenant": row.tenant,
             "learned": row.learned, "members": int(members),
-            "champion": row.champion, "serves": registry.effective_champion(session, row),
+            "deleted_at": row.deleted_at.isoformat() if row.deleted_at else None,
+            "champion": row.champion,
+            "serves": registry.effective_champion(session, row) if row.deleted_at is None else None,
             "answers": int(answers), "users": int(users), "rated": int(rated), "liked": int(up),
             "experiments": [{"id": e.id, "canary": e.canary, "champion": e.champion, "status": e.status,
                              "reason": e.reason} for e in runs],

@@ -1,5 +1,5 @@
 """`loraloop adapters promote|rollback|pause|resume|show`, `loraloop experiments ...` and
-`loraloop segments list|show|users|create`:
+`loraloop segments list|show|users|create|delete`:
 the operator's side of rollout, on the database directly (the gateways pick changes up
 within LORALOOP_REGISTRY_REFRESH_S). Actions are audited as `cli:<user>`."""
 
@@ -59,11 +59,18 @@ def add_segment_commands(sub: argparse._SubParsersAction) -> None:
     create.add_argument("alias")
     create.add_argument("segment")
     create.add_argument("--reason", default="")
+    delete = seg_sub.add_parser("delete", help="stop serving a segment (ALIAS@SEGMENT) its own adapters: its users "
+                                "get the alias's champion, its feedback trains the alias again")
+    delete.add_argument("alias")
+    delete.add_argument("--reason", default="")
 
 
 def segments_cmd(session: Session, settings: Settings, args: argparse.Namespace) -> object:
     if args.action == "show":
         return segments.describe(session, args.alias)
+    if args.action == "delete":
+        row = segments.delete(session, args.alias, actor=actor(), reason=args.reason)
+        return {"alias": row.name, "deleted_at": row.deleted_at.isoformat() if row.deleted_at else None}
     if args.action == "users":
         return segment_assignments.members(session, args.alias, min(max(args.limit, 1), 10_000), args.after)
     if args.action == "create":

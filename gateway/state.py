@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import httpx
@@ -22,6 +23,8 @@ from gateway.rate_limit import RateLimiter
 from gateway.routing import Router
 from gateway.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class GatewayState:
@@ -36,6 +39,7 @@ class GatewayState:
     log: InteractionLog
     ratings: RatingWriter
     metrics: GatewayMetrics
+    _warned_live: int = field(default=0, init=False)  # live versions when the slots warning was last logged
 
     @classmethod
     @asynccontextmanager
@@ -73,4 +77,14 @@ class GatewayState:
 
     async def sync_fleet(self) -> None:
         """Replicas load what aliases route to and free retired versions (Fleet.reconcile)."""
-        await self.fleet.reconcile(self.router.live_versions(), self.router.table.retired)
+        live = self.router.live_versions()
+        slots = self.settings.engine.max_loras
+        if len(live) > slots and len(live) != self._warned_live:
+            # Segments' champions and canaries are live together; past vLLM's --max-loras a
+            # batch holds at most that many adapters and the rest wait for the next one.
+            logger.warning("%d adapter versions are live (champions and canaries of every alias and segment) but "
+                           "vLLM batches at most %d (LORALOOP_ENGINE__MAX_LORAS, what `loraloop serve` starts it "
+                           "with): requests for the others wait for a batch of their own; raise it or lower "
+                           "LORALOOP_MAX_SEGMENTS", len(live), slots)
+        self._warned_live = len(live)
+        await self.fleet.reconcile(live, self.router.table.retired)

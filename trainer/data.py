@@ -207,7 +207,8 @@ def _plain_request(prompt: Any) -> bool:
 
 def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
     """`cfg` restricted to the feedback that may train `alias` (see the module's rules)."""
-    rows = session.execute(select(Alias.name, Alias.tenant, Alias.parent, Alias.segment, Alias.learned)).all()
+    rows = session.execute(select(Alias.name, Alias.tenant, Alias.parent, Alias.segment, Alias.learned)
+                           .where(Alias.deleted_at.is_(None))).all()  # a deleted segment's traffic: the parent's
     owners = {row.name: row.tenant for row in rows}
     segments = {row.name: (row.parent, row.segment) for row in rows if row.parent is not None}
     learned = tuple(sorted((row.parent, row.segment) for row in rows if row.parent is not None and row.learned))

@@ -93,7 +93,7 @@ def trained_aliases(sessions: sessionmaker, configured: str, segments_too: bool 
     owned = Alias.tenant.is_not(None) & Alias.parent.is_(None)
     with sessions() as session:
         return sorted({configured, *session.scalars(select(Alias.name).where(
-            owned | Alias.parent.is_not(None) if segments_too else owned))})
+            owned | Alias.parent.is_not(None) if segments_too else owned, Alias.deleted_at.is_(None)))})
 
 
 def due_alias(sessions: sessionmaker, min_new: int, cfg: TrainConfig) -> tuple[str | None, dict[str, int]]:

@@ -83,8 +83,10 @@ def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(),
         if row is None or row.parent is not None:
             return {"alias": parent, "skipped": "not a top-level alias"}
         tenant = row.tenant or DEFAULT_TENANT
-        mine = list(session.scalars(select(Alias).where(Alias.parent == parent)))
+        every = list(session.scalars(select(Alias).where(Alias.parent == parent)))
+        mine = [a for a in every if a.deleted_at is None]
         learned = sorted(a.segment or "" for a in mine if a.learned)
+        taken = {a.segment for a in every}  # a deleted segment's name is not reused
         votes = read_votes(session, parent, tenant, [segments.segment_alias(parent, s) for s in learned], cfg)
         assigned = segment_assignments.current(session, parent, tenant)
     if votes is None:
@@ -100,7 +102,8 @@ def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(),
     free = cfg.max_segments - len(mine)
     if free < split.k:
         return {**outcome, "split": split.k, "skipped": f"{free} segment slots free, {split.k} groups found"}
-    names = [f"{PREFIX}{n}" for n in range(1, split.k + 1)]
+    names = [name for name in (f"{PREFIX}{n}" for n in range(1, len(taken) + split.k + 1)) if name not in taken]
+    names = names[:split.k]
     numbers = {"groups": split.k, "z": round(split.z, 2), "gain": round(split.gain, 4),
                "heldout_users": split.heldout_users, "heldout_votes": split.heldout_votes}
     try:

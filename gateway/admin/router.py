@@ -142,6 +142,16 @@ async def segment_users(alias: str, state: State, _: Admin, limit: int = Query(1
     return {"data": await _in_db(state, lambda s: segment_assignments.members(s, alias, limit, after))}
 
 
+@router.delete("/segments/{alias}")
+async def delete_segment(alias: str, state: State, admin: Admin, reason: str = "") -> dict:
+    """Its users get the alias's champion again (adapters/segments.py `delete`)."""
+    def delete(session: Session) -> dict:
+        row = segments.delete(session, alias, actor=admin.name, reason=reason)
+        return {"alias": row.name, "deleted_at": row.deleted_at.isoformat() if row.deleted_at else None}
+
+    return await _in_db(state, delete, write=True)
+
+
 @router.post("/aliases/{alias}/segments")
 async def create_segment(alias: str, body: CreateSegment, state: State, admin: Admin) -> dict:
     def create(session: Session) -> dict:

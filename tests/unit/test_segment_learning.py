@@ -193,3 +193,18 @@ def test_an_unreadable_assignment_serves_the_alias() -> None:
     import anyio
 
     assert anyio.run(Assignments(broken).segment, "default", "default", "u") == ""  # type: ignore[arg-type]
+
+
+def test_deleting_a_learned_segment_unassigns_its_users_and_its_name_is_not_reused(db_url: str) -> None:
+    store = Store(db_url)
+    store_thumbs(store, population(["formal", "casual"]))
+    segment_learning.learn(store.sessions, "default")
+    with store.sessions.begin() as session:
+        from adapters import segments
+
+        segments.delete(session, "default@taste-1", actor="ops")
+        segments.delete(session, "default@taste-2", actor="ops")
+    assert placed(store) == {}
+    done = segment_learning.learn(store.sessions, "default")  # the users still disagree: a new split
+    assert done["created"] == ["taste-3", "taste-4"], done
+    assert set(placed(store).values()) == {"taste-3", "taste-4"}

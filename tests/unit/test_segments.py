@@ -294,3 +294,52 @@ def test_an_alias_a_tenant_owns_is_trained_on_that_tenants_new_ratings(db_url: s
     assert run_once(settings, approved) == "not_enough_data"  # "default" (tenant default's) has nothing new
     with store.session() as session:
         assert list(session.scalars(select(TrainingRun.alias))) == ["acme-support"]
+
+
+def test_more_live_adapters_than_vllm_batches_is_logged_once(gw: Gateway, db, caplog) -> None:  # type: ignore[no-untyped-def]
+    state = gw.http.app.state.gateway
+    state.settings.engine.max_loras = 1
+    gw.http.portal.call(state.sync_fleet)
+    assert "adapter versions are live" not in caplog.text  # one champion: it fits
+    with db.begin() as session:
+        segments.create(session, "default", "formal", actor="ops")
+        registry.set_champion(session, "default@formal", gw.pinned, actor="ops")
+    refresh(gw)
+    for _ in range(2):
+        gw.http.portal.call(state.sync_fleet)
+    assert caplog.text.count("2 adapter versions are live") == 1  # not once a sync
+
+
+def test_a_deleted_segment_serves_its_users_the_alias_and_trains_the_alias_again(gw: Gateway, db) -> None:  # type: ignore[no-untyped-def]
+    admin = {"authorization": f"Bearer {gw.admin_key}"}
+    with db.begin() as session:
+        segments.create(session, "default", "formal", actor="ops")
+        experiments.start(session, "default@formal", gw.pinned, 0.5, 24, actor="ops")
+    refresh(gw)
+    refused = gw.http.delete("/admin/segments/default@formal", headers=admin)
+    assert refused.status_code == 400 and "roll it back" in refused.json()["error"]["message"]
+    with db.begin() as session:
+        experiments.promote(session, "default@formal", actor="ops")
+    refresh(gw)
+    assert served(gw, "ada", FORMAL) == (gw.pinned, "default@formal", "formal")
+    deleted = gw.http.delete("/admin/segments/default@formal", params={"reason": "too small"}, headers=admin)
+    assert deleted.status_code == 200
+    assert served(gw, "ada", FORMAL) == (gw.champion, "default", "formal")  # the alias's champion again
+    assert gw.http.post("/v1/chat/completions", json={"model": "default@formal", "messages": [
+        {"role": "user", "content": "hi"}]}, headers={"authorization": f"Bearer {gw.app_key}"}).status_code == 404
+    with db() as session:
+        assert session.get(AdapterVersion, gw.pinned).state == AdapterState.retired  # type: ignore[union-attr]
+        scope = for_alias(session, "default", DataConfig())
+        assert scope.segments_off == ()  # its traffic is the alias's again
+        [event] = session.scalars(select(AdapterEvent).where(AdapterEvent.action == "segment_delete"))
+        assert (event.reason, event.numbers["champion"]) == ("too small", gw.pinned)
+        assert [s.alias for s in segments.list_segments(session)] == []
+    # the scheduler does not bring it back, whatever its users rate; an operator can
+    assert segments.ensure_segments(db, min_ratings=0) == []
+    with db.begin() as session:
+        restored = segments.create(session, "default", "formal", actor="ops", reason="back")
+        assert (restored.deleted_at, restored.champion) == (None, None)  # following the alias's champion
+    refresh(gw)
+    assert served(gw, "ada", FORMAL) == (gw.champion, "default@formal", "formal")
+    with db.begin() as session, pytest.raises(InvalidAdapter, match="only segments"):
+        segments.delete(session, "default", actor="ops")

@@ -1,5 +1,6 @@
 """Learned segments: which segment each end user of an alias was put in by their thumbs
-(trainer/segment_learning.py), and which segments' aliases were learned rather than declared.
+(trainer/segment_learning.py), which segments' aliases were learned rather than declared,
+and which were deleted (kept, with their experiments and audit trail, but routed to nobody).
 
 Revision ID: 0011
 Revises: 0010
@@ -17,6 +18,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("aliases") as batch:
         batch.add_column(sa.Column("learned", sa.Boolean(), nullable=False, server_default=sa.false()))
+        batch.add_column(sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "segment_assignments",
         sa.Column("parent", sa.String(128), primary_key=True),
@@ -36,4 +38,5 @@ def downgrade() -> None:
     op.drop_index("ix_segment_assignments_parent_segment", table_name="segment_assignments")
     op.drop_table("segment_assignments")
     with op.batch_alter_table("aliases") as batch:
+        batch.drop_column("deleted_at")
         batch.drop_column("learned")
