@@ -123,6 +123,9 @@ class Alias(Base):
     # a deleted segment (`loraloop segments delete`): kept for its experiments and history,
     # routed to nobody, its traffic the parent's again; not recreated until an operator does
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # a learned segment's taste, {hashed answer feature: weight} (trainer/taste_clusters.py):
+    # where users are placed, fixed when the split was found
+    taste: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
                                                  onupdate=utcnow)
 

@@ -37,11 +37,16 @@ def segment_of(session: Session, parent: str, tenant: str, user: str) -> str:
         SegmentAssignment.end_user == user)) or ""
 
 
-def current(session: Session, parent: str, tenant: str) -> dict[str, str]:
-    """user -> learned segment, every assigned user of `parent` (the learner's bounded sample of
-    recent raters is what it reads this for; an operator lists with `members`)."""
-    return dict(session.execute(select(SegmentAssignment.end_user, SegmentAssignment.segment).where(
-        SegmentAssignment.parent == parent, SegmentAssignment.tenant == tenant)).all())
+def current(session: Session, parent: str, tenant: str, users: set[str]) -> dict[str, str]:
+    """user -> learned segment, of those of `users` assigned on `parent` (read in chunks: a
+    database caps the parameters of one statement)."""
+    found: dict[str, str] = {}
+    ordered = sorted(users)
+    for start in range(0, len(ordered), 1000):
+        found.update(session.execute(select(SegmentAssignment.end_user, SegmentAssignment.segment).where(
+            SegmentAssignment.parent == parent, SegmentAssignment.tenant == tenant,
+            SegmentAssignment.end_user.in_(ordered[start:start + 1000]))).tuples().all())
+    return found
 
 
 def place(session: Session, parent: str, tenant: str, placements: dict[str, Placement], *, actor: str,
@@ -49,9 +54,12 @@ def place(session: Session, parent: str, tenant: str, placements: dict[str, Plac
     """Stores `placements` (user -> segment): new users are added, users whose segment changed
     moved (their previous segment kept), the others' numbers refreshed. Returns (added,
     moved); one audit event on the alias when either is non-zero."""
-    have = {row.end_user: row for row in session.scalars(select(SegmentAssignment).where(
-        SegmentAssignment.parent == parent, SegmentAssignment.tenant == tenant,
-        SegmentAssignment.end_user.in_(list(placements))))} if placements else {}
+    have: dict[str, SegmentAssignment] = {}
+    ordered = sorted(placements)
+    for start in range(0, len(ordered), 1000):
+        have.update((row.end_user, row) for row in session.scalars(select(SegmentAssignment).where(
+            SegmentAssignment.parent == parent, SegmentAssignment.tenant == tenant,
+            SegmentAssignment.end_user.in_(ordered[start:start + 1000]))))
     added = moved = 0
     now = utcnow()
     for user, placed in placements.items():

@@ -47,14 +47,21 @@ from adapters.schema import (
 from adapters.settings import MAX_SEGMENTS
 
 SEGMENT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")  # the part after the "@" of registry.SEGMENT_ALIAS_RE
+LEARNED_PREFIX = "taste-"
 SEPARATOR = "@"  # not allowed in alias names (registry.NAME_RE), so a segment's name is never taken
 
 
-def check_segment(segment: str) -> str:
-    """`segment` if it is a valid segment name; InvalidRequest (a 400) otherwise."""
+def check_segment(segment: str, learned: bool = False) -> str:
+    """`segment` if it is a valid segment name; InvalidRequest (a 400) otherwise. Names
+    starting with LEARNED_PREFIX are the learned segments' (trainer/segment_learning.py): a
+    request or an operator cannot declare one, so no client sends its requests into a group
+    its thumbs did not put it in, nor takes a name the learner will use."""
     if not SEGMENT_RE.match(segment):
         raise InvalidRequest(f"segment {segment[:40]!r} must match {SEGMENT_RE.pattern} "
                              "(lower-case letters, digits, '_' and '-', at most 32)", param="segment")
+    if segment.startswith(LEARNED_PREFIX) and not learned:
+        raise InvalidRequest(f"segment names starting with {LEARNED_PREFIX!r} are reserved for learned segments",
+                             param="segment")
     return segment
 
 
@@ -84,7 +91,7 @@ def create(session: Session, parent: str, segment: str, *, actor: str, reason: s
     champion until it has its own. Refused past `max_segments` segments of the parent.
     `learned`: its users are placed by their thumbs (adapters/segment_assignments.py), not
     by the requests' declarations."""
-    check_segment(segment)
+    check_segment(segment, learned)
     parent_row = registry.lock_alias(session, parent)
     if parent_row.parent is not None:
         raise InvalidAdapter(f"{parent!r} is itself a segment; segments have no segments", param="model")
@@ -181,7 +188,7 @@ def due_segments(session: Session, min_ratings: int, max_segments: int = MAX_SEG
         # labels with an alias keep their rows from before it: asked for past them
         counts = declared_counts(session, parent, min_ratings, limit=max_segments + len(have))
         ranked = [(label, rated) for label, (_, rated) in counts.items()
-                  if label not in have and SEGMENT_RE.match(label)]
+                  if label not in have and SEGMENT_RE.match(label) and not label.startswith(LEARNED_PREFIX)]
         due += [(parent, label, rated) for label, rated in ranked[:max_segments - live]]
     return due
 

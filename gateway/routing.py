@@ -153,10 +153,13 @@ def in_canary(split: registry.Split, user: str) -> bool:
 class Assignments:
     """Users' learned segments (adapters/segment_assignments.py), read once per `ttl_s` per
     user and kept for at most `size` users (least recently used out first): a client
-    inventing user ids costs one indexed read each, and memory stays flat."""
+    inventing user ids costs one indexed read each, and memory stays flat. When a read fails
+    (the database is down), nobody's is read for `retry_s`: they get the alias's champion
+    at once instead of each waiting on the database."""
 
-    def __init__(self, sessions: sessionmaker, ttl_s: float = 30.0, size: int = 100_000):
-        self.sessions, self.ttl_s, self.size = sessions, ttl_s, size
+    def __init__(self, sessions: sessionmaker, ttl_s: float = 30.0, size: int = 100_000, retry_s: float = 5.0):
+        self.sessions, self.ttl_s, self.size, self.retry_s = sessions, ttl_s, size, retry_s
+        self._down_until = 0.0
         self._cache: OrderedDict[tuple[str, str, str], tuple[str, float]] = OrderedDict()
 
     def _read(self, parent: str, tenant: str, user: str) -> str:
@@ -169,11 +172,15 @@ class Assignments:
         if hit is not None and hit[1] > time.monotonic():
             self._cache.move_to_end(key)
             return hit[0]
+        if time.monotonic() < self._down_until:  # the database failed a moment ago: do not queue on it
+            return ""
         try:
             segment = await anyio.to_thread.run_sync(self._read, parent, tenant, user)
         except SQLAlchemyError as exc:  # the database is down: serve the alias's champion, as for a new user
-            log.warning("learned segment of a user unreadable (%s); serving the alias's champion", type(exc).__name__)
-            segment = ""
+            log.warning("learned segment of a user unreadable (%s); serving the alias's champion for %.0f s",
+                        type(exc).__name__, self.retry_s)
+            self._down_until = time.monotonic() + self.retry_s
+            return ""
         self._cache[key] = (segment, time.monotonic() + self.ttl_s)
         self._cache.move_to_end(key)
         while len(self._cache) > self.size:

@@ -7,10 +7,10 @@ declared segments have earned, then looks for groups of users whose thumbs disag
 places users in learned segments: trainer/segment_learning.py), each on its own feedback
 (trainer/data.py `for_alias`). One run per tick, as the lease allows one at a time: of those with at least
 LORALOOP_TRAIN_MIN_NEW_RATINGS new ratings, the one whose last run is oldest, so a segment
-whose users rate a lot cannot keep the trainer from the others. Every alias a tenant owns
-is trained too, on that tenant's feedback. (Other shared aliases train on the same feedback
-as the configured one, trainer/data.py, so training them too would repeat its runs:
-`loraloop train --alias` trains one by hand.)
+whose users rate a lot cannot keep the trainer from the others. A tenant's own alias is
+trained too, on that tenant's feedback, when it is the tenant's only one. (Other aliases
+train on the same feedback as one already trained, trainer/data.py, so training them too
+would repeat its runs: `loraloop train --alias` trains one by hand.)
 
     python -m trainer.scheduler            # run the scheduler (blocking)
     python -m trainer.scheduler --once     # one check-and-maybe-train, then exit
@@ -88,12 +88,16 @@ def new_ratings_since_last_run(session: Session, alias: str, cross_tenant: bool,
 
 
 def trained_aliases(sessions: sessionmaker, configured: str, segments_too: bool = True) -> list[str]:
-    """The configured alias, every alias a tenant owns (each trains on its tenant's feedback
-    only) and, with `segments_too`, every segment's alias."""
-    owned = Alias.tenant.is_not(None) & Alias.parent.is_(None)
+    """The configured alias, the alias of each tenant that owns exactly one (it trains on its
+    tenant's feedback only; a tenant with several would train each on the same feedback:
+    `loraloop train --alias` trains those by hand) and, with `segments_too`, every segment's."""
     with sessions() as session:
-        return sorted({configured, *session.scalars(select(Alias.name).where(
-            owned | Alias.parent.is_not(None) if segments_too else owned, Alias.deleted_at.is_(None)))})
+        owned = session.execute(select(Alias.tenant, func.min(Alias.name)).where(
+            Alias.tenant.is_not(None), Alias.parent.is_(None), Alias.deleted_at.is_(None))
+            .group_by(Alias.tenant).having(func.count() == 1)).all()
+        segments_ = session.scalars(select(Alias.name).where(Alias.parent.is_not(None), Alias.deleted_at.is_(None))) \
+            if segments_too else []
+        return sorted({configured, *(name for _, name in owned), *segments_})
 
 
 def due_alias(sessions: sessionmaker, min_new: int, cfg: TrainConfig) -> tuple[str | None, dict[str, int]]:
@@ -129,8 +133,12 @@ def run_once(settings: SchedulerSettings, train: Callable[[], object] | None = N
                 log.info("segment alias %s created", name)
             if settings.learn_segments:
                 for parent in trained_aliases(sessions, cfg.alias, segments_too=False):
-                    learned = segment_learning.learn(sessions, parent, LearnConfig(max_segments=settings.max_segments))
-                    log.info("segment learning: %s", learned)
+                    try:
+                        learned = segment_learning.learn(sessions, parent,
+                                                         LearnConfig(max_segments=settings.max_segments))
+                        log.info("segment learning: %s", learned)
+                    except Exception:  # a failed pass (another node placed a user first...) must not stop training
+                        log.exception("segment learning for %s failed; training goes on", parent)
         alias, new = due_alias(sessions, settings.train_min_new_ratings, cfg)
         if alias is None:
             log.info("training skipped: new ratings %s, %d needed", new, settings.train_min_new_ratings)

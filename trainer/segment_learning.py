@@ -11,8 +11,11 @@ Each scheduler tick, for the trained alias (`learn`):
   and its users are assigned to it. Each new alias serves the alias's champion until a
   candidate trained on its users' feedback wins an A/B test among them, like any segment.
 - with learned segments: places users who have rated at least `min_user_votes` answers
-  since (new users start in no segment: the alias's champion) in the segment whose members'
-  taste is nearest, and moves an assigned user only when another is nearer by `margin`.
+  since (new users start in no segment: the alias's champion) in the segment whose taste
+  (its members' when the split was found, stored with it) is nearest, and moves an
+  assigned user only when another is nearer by `margin` and their own votes say so surely
+  (`move_t`): once each segment is served its own style, what a member thumbs says little
+  about style, and noise must not move them.
 
 Users who declared a segment (X-Loraloop-Segment) are the app's to place: their rows are not
 read. Memory and time are bounded by `max_votes` x the common features (a few hundred at most).
@@ -25,7 +28,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import segment_assignments, segments
@@ -37,43 +40,53 @@ from trainer import taste_clusters
 from trainer.taste_clusters import Votes
 
 log = logging.getLogger(__name__)
-PREFIX = "taste-"  # learned segments' names: taste-1, taste-2, ...
+PREFIX = segments.LEARNED_PREFIX  # learned segments' names: taste-1, taste-2, ...
+TEXT_CHARS = 3200  # of an answer read: taste_clusters.features looks at its first 200 words
 
 
 @dataclass(frozen=True)
 class LearnConfig:
     max_votes: int = 20_000  # newest rated answers read per pass
     max_per_user: int = 100  # of them from one user: one heavy rater is one user
+    scan_factor: int = 10  # rows looked at, at most, per vote kept
     min_user_votes: int = 6  # a user's own thumbs before they are placed (or counted in a split)
     min_users: int = 3  # in every group of a split
     max_k: int = 4  # groups tried
     alpha: float = 0.01  # the split's test level (trainer/taste_clusters.py)
     margin: float = 0.2  # how much nearer another segment must be to move an assigned user
+    move_t: float = 3.0  # and how surely their own votes say so (taste_clusters.assign)
     max_segments: int = MAX_SEGMENTS
 
 
 def read_votes(session: Session, parent: str, tenant: str, learned: list[str], cfg: LearnConfig) -> Votes | None:
-    """The alias's (and its learned segments') newest self-rated answers as `Votes`, each
-    user's cut in two halves by a hash of the answer's id."""
+    """The alias's (and its learned segments') newest self-rated answers as `Votes`, at most
+    `max_per_user` of each user's, each user's cut in two halves by a hash of the answer's id.
+    Read newest first and streamed, so one user rating thousands of answers (a bot, an eval
+    harness) fills their own share and the others' votes are still read; at most
+    `scan_factor` x `max_votes` rows are looked at."""
     i, f = Interaction, Feedback
-    rows = session.execute(
-        select(i.id, i.end_user, i.response, f.rating)
-        .join(f, (f.interaction_id == i.id) & (f.end_user == i.end_user))
-        .where(i.tenant == tenant, i.requested_model.in_([parent, *learned]), i.status == 200,
-               i.response.is_not(None), i.end_user != "", f.rating != 0,
-               (i.segment == "") | i.requested_model.in_(learned))
-        .order_by(i.created_at.desc(), i.id).limit(cfg.max_votes)).all()
+    query = (select(i.id, i.end_user, func.substr(i.response, 1, TEXT_CHARS).label("text"), i.adapter_version,
+                    f.rating)
+             .join(f, (f.interaction_id == i.id) & (f.end_user == i.end_user))
+             .where(i.tenant == tenant, i.requested_model.in_([parent, *learned]), i.status == 200,
+                    i.response.is_not(None), i.end_user != "", f.rating != 0,
+                    (i.segment == "") | i.requested_model.in_(learned))
+             .order_by(i.created_at.desc(), i.id).limit(cfg.max_votes * cfg.scan_factor)
+             .execution_options(yield_per=1000))
     per_user: dict[str, int] = {}
     kept = []
-    for row in rows:
+    for row in session.execute(query):
         if per_user.get(row.end_user, 0) < cfg.max_per_user:
             per_user[row.end_user] = per_user.get(row.end_user, 0) + 1
             kept.append(row)
+            if len(kept) >= cfg.max_votes:
+                break
     if not kept:
         return None
-    return Votes([r.end_user for r in kept], taste_clusters.features([r.response or "" for r in kept]),
-                 np.array([1.0 if r.rating > 0 else -1.0 for r in kept]),
-                 np.array([hashlib.blake2b(r.id.encode(), digest_size=1).digest()[0] % 2 == 1 for r in kept]))
+    x, columns = taste_clusters.features([r.text or "" for r in kept])
+    return Votes([r.end_user for r in kept], x, np.array([1.0 if r.rating > 0 else -1.0 for r in kept]),
+                 np.array([hashlib.blake2b(r.id.encode(), digest_size=1).digest()[0] % 2 == 1 for r in kept]),
+                 [r.adapter_version or "base" for r in kept], columns)
 
 
 def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(), actor: str = "scheduler") -> dict:
@@ -86,14 +99,14 @@ def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(),
         every = list(session.scalars(select(Alias).where(Alias.parent == parent)))
         mine = [a for a in every if a.deleted_at is None]
         learned = sorted(a.segment or "" for a in mine if a.learned)
+        tastes = {a.segment or "": a.taste or {} for a in mine if a.learned}
         taken = {a.segment for a in every}  # a deleted segment's name is not reused
         votes = read_votes(session, parent, tenant, [segments.segment_alias(parent, s) for s in learned], cfg)
-        assigned = segment_assignments.current(session, parent, tenant)
+        assigned = segment_assignments.current(session, parent, tenant, set(votes.users) if votes else set())
     if votes is None:
         return {"alias": parent, "skipped": "no rated answers"}
-    taste = taste_clusters.tastes(votes, np.ones(len(votes.users), dtype=bool), cfg.min_user_votes)
     if learned:
-        return _place(sessions, parent, tenant, learned, taste, assigned, votes, cfg, actor)
+        return _place(sessions, parent, tenant, tastes, assigned, votes, cfg, actor)
     split = taste_clusters.find_split(votes, min_user_votes=cfg.min_user_votes, max_k=cfg.max_k,
                                       min_users=cfg.min_users, alpha=cfg.alpha)
     outcome = {"alias": parent, "users": len(set(votes.users)), "votes": len(votes.users)}
@@ -106,12 +119,15 @@ def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(),
     names = names[:split.k]
     numbers = {"groups": split.k, "z": round(split.z, 2), "gain": round(split.gain, 4),
                "heldout_users": split.heldout_users, "heldout_votes": split.heldout_votes}
+    centres = taste_clusters.group_centres(votes, split.clusters, cfg.min_user_votes)
     try:
         with sessions.begin() as session:
-            for name in names:
-                segments.create(session, parent, name, actor=actor, learned=True, max_segments=cfg.max_segments,
-                                reason=f"learned: {split.k} groups of users whose thumbs disagree", numbers=numbers)
-            placed = _placements(taste, {u: names[g] for u, g in split.clusters.items()}, {}, votes, cfg)
+            for g, name in enumerate(names):
+                row = segments.create(session, parent, name, actor=actor, learned=True, max_segments=cfg.max_segments,
+                                      reason=f"learned: {split.k} groups of users whose thumbs disagree",
+                                      numbers=numbers)
+                row.taste = taste_clusters.centre_weights(votes, centres[g])
+            placed = _placements(votes, centres, names, {}, cfg)
             added, _ = segment_assignments.place(session, parent, tenant, placed, actor=actor,
                                                  reason="a new split", numbers=numbers)
     except InvalidAdapter as exc:  # an operator took the slots meanwhile
@@ -119,26 +135,25 @@ def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(),
     return {**outcome, "split": split.k, "created": names, "assigned": added, **numbers}
 
 
-def _placements(taste: dict[str, np.ndarray], members: dict[str, str], current: dict[str, str], votes: Votes,
-                cfg: LearnConfig) -> dict[str, Placement]:
-    if not taste or not members:
-        return {}
-    labels = sorted(set(members.values()))
-    placed = taste_clusters.assign(taste, {u: labels.index(s) for u, s in members.items()},
-                                   {u: labels.index(s) for u, s in current.items() if s in labels}, cfg.margin)
+def _placements(votes: Votes, centres: np.ndarray, labels: list[str], current: dict[str, str], cfg: LearnConfig
+                ) -> dict[str, Placement]:
+    placed = taste_clusters.assign(votes, centres, {u: labels.index(s) for u, s in current.items() if s in labels},
+                                   min_votes=cfg.min_user_votes, margin=cfg.margin, move_t=cfg.move_t)
     counts: dict[str, int] = {}
     for user in votes.users:
         counts[user] = counts.get(user, 0) + 1
     return {u: Placement(labels[g], counts[u], similarity) for u, (g, similarity) in placed.items()}
 
 
-def _place(sessions: sessionmaker, parent: str, tenant: str, learned: list[str], taste: dict[str, np.ndarray],
-           assigned: dict[str, str], votes: Votes, cfg: LearnConfig, actor: str) -> dict:
-    """Places the users with enough thumbs among the existing learned segments, sticky."""
-    members = {u: s for u, s in assigned.items() if s in learned and u in taste}
-    if len(set(members.values())) < 2:
-        return {"alias": parent, "skipped": "fewer than two learned segments with recent raters"}
-    placed = _placements(taste, members, assigned, votes, cfg)
+def _place(sessions: sessionmaker, parent: str, tenant: str, tastes: dict[str, dict], assigned: dict[str, str],
+           votes: Votes, cfg: LearnConfig, actor: str) -> dict:
+    """Places the users with enough thumbs among the existing learned segments (against the
+    tastes stored when the split was found), sticky."""
+    labels = sorted(tastes)
+    if len(labels) < 2:
+        return {"alias": parent, "skipped": "fewer than two learned segments"}
+    centres = taste_clusters.centres_from(votes, [tastes[label] for label in labels])
+    placed = _placements(votes, centres, labels, assigned, cfg)
     with sessions.begin() as session:
         added, moved = segment_assignments.place(session, parent, tenant, placed, actor=actor,
                                                  reason="users' thumbs since the last pass")

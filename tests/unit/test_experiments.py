@@ -427,9 +427,9 @@ def test_the_migrations_build_what_schema_py_declares(db_url: str) -> None:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "-1")
-        with engine.connect() as conn:  # 0010, segments
-            assert "segment" not in {c["name"] for c in inspect(conn).get_columns("interactions")}
-            assert "parent" not in {c["name"] for c in inspect(conn).get_columns("aliases")}
+        with engine.connect() as conn:  # 0011, learned segments
+            assert "segment_assignments" not in inspect(conn).get_table_names()
+            assert not {"learned", "deleted_at", "taste"} & {c["name"] for c in inspect(conn).get_columns("aliases")}
         upgrade(engine)
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

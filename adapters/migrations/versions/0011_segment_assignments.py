@@ -19,6 +19,7 @@ def upgrade() -> None:
     with op.batch_alter_table("aliases") as batch:
         batch.add_column(sa.Column("learned", sa.Boolean(), nullable=False, server_default=sa.false()))
         batch.add_column(sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("taste", sa.JSON(), nullable=True))
     op.create_table(
         "segment_assignments",
         sa.Column("parent", sa.String(128), primary_key=True),
@@ -38,5 +39,6 @@ def downgrade() -> None:
     op.drop_index("ix_segment_assignments_parent_segment", table_name="segment_assignments")
     op.drop_table("segment_assignments")
     with op.batch_alter_table("aliases") as batch:
+        batch.drop_column("taste")
         batch.drop_column("deleted_at")
         batch.drop_column("learned")
