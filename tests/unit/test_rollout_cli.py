@@ -53,3 +53,29 @@ def test_an_operator_runs_an_experiment_from_the_cli(tmp_path: Path, db_url: str
     assert [e["status"] for e in run(capsys, "experiments", "list")] == ["promoted"]
     with pytest.raises(SystemExit, match="no previous champion"):
         main(["adapters", "rollback", "default"])
+
+
+def test_an_operator_lists_a_learned_segments_users_and_deletes_it(tmp_path: Path, db_url: str,
+                                                                    capsys: pytest.CaptureFixture,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from adapters import segment_assignments, segments
+    from adapters.segment_assignments import Placement
+
+    monkeypatch.setenv("LORALOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("LORALOOP_DATABASE_URL", db_url)
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with make_sessionmaker(engine).begin() as session:
+        registry.lock_alias(session, "default", create=True)
+        segments.create(session, "default", "taste-1", actor="scheduler", learned=True)
+        segment_assignments.place(session, "default", "default", {
+            f"u{i}": Placement("taste-1", 8, 0.5) for i in range(3)}, actor="scheduler", reason="split")
+    engine.dispose()
+    assert [u["user"] for u in run(capsys, "segments", "users", "default@taste-1", "--limit", "2")] == ["u0", "u1"]
+    assert [u["user"] for u in run(capsys, "segments", "users", "default@taste-1", "--after", "u1")] == ["u2"]
+    (listed,) = run(capsys, "segments", "list")
+    assert (listed["alias"], listed["learned"]) == ("default@taste-1", True)
+    (deleted,) = run(capsys, "segments", "delete", "default@taste-1", "--reason", "not useful")
+    assert deleted["alias"] == "default@taste-1" and deleted["deleted_at"]
+    assert run(capsys, "segments", "users", "default@taste-1") == []  # its users unassigned
+    assert run(capsys, "segments", "list") == []
