@@ -81,6 +81,23 @@ def place(session: Session, parent: str, tenant: str, placements: dict[str, Plac
     return added, moved
 
 
+def unplace(session: Session, parent: str, tenant: str, users: set[str], *, actor: str, reason: str) -> int:
+    """Takes `users` out of their learned segments (they get the alias's champion until placed
+    again); one audit event naming them (the first 50). Returns how many were removed."""
+    if not users:
+        return 0
+    rows = list(session.scalars(select(SegmentAssignment).where(
+        SegmentAssignment.parent == parent, SegmentAssignment.tenant == tenant,
+        SegmentAssignment.end_user.in_(sorted(users)[:1000]))))
+    for row in rows:
+        session.delete(row)
+    if rows:
+        registry.audit(session, "segment_unassign", actor, reason, alias=parent, numbers={
+            "unassigned": len(rows), "users": {r.end_user: r.segment for r in rows[:50]}})
+    session.flush()
+    return len(rows)
+
+
 def members(session: Session, alias: str, limit: int = 100, after: str = "") -> list[dict]:
     """A learned segment's users (by id, from `after`), at most `limit`: for operators."""
     row = session.get(Alias, alias)

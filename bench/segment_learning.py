@@ -31,6 +31,7 @@ from demo.population import REALISTIC  # noqa: E402
 from trainer import taste_clusters  # noqa: E402
 from trainer.demo_model.corpus import NAMES, TASKS, Style, make_answer, make_prompt  # noqa: E402
 
+MARGINS = (0.0, 0.1, 0.2)  # place_margin values tried (trainer/taste_clusters.py assign)
 POPULATIONS = {"formal/casual 50/50": ["formal", "casual"], "formal": ["formal"],
                "formal-for-errands": ["formal-for-errands"], "short": ["short"]}
 
@@ -73,11 +74,13 @@ def main() -> None:
     p.add_argument("--per-user", default="6,10,15,20,30", help="thumbs per user")
     args = p.parse_args()
     print("| population | thumbs per user (in all) | split found | groups | users in the wrong group "
-          "(median, max) | seconds per pass |")
-    print("|---|---|---:|---|---|---:|")
+          "(median, max) | " + " | ".join(f"placed, margin {m}: wrong (median, max) (unplaced)" for m in MARGINS)
+          + " | seconds per pass |")
+    print("|---|---|---:|---|---|" + "---|" * len(MARGINS) + "---:|")
     for label, tastes in POPULATIONS.items():
         for n in (int(v) for v in args.per_user.split(",")):
             found, groups, misplaced, seconds = 0, Counter[int](), [], []
+            placements: dict[float, list[tuple[int, int]]] = {m: [] for m in MARGINS}
             for seed in range(args.seeds):
                 votes, truth = thumbs(tastes, args.users, n, seed)
                 began = time.perf_counter()
@@ -87,9 +90,22 @@ def main() -> None:
                     found += 1
                     groups[split.k] += 1
                     misplaced.append(wrong(split, truth))
+                    centres = taste_clusters.group_centres(votes, split.clusters, 6)
+                    for margin in MARGINS:  # what users get: placed on all their votes
+                        placed = taste_clusters.assign(votes, centres, {}, min_votes=6, margin=0.2,
+                                                       place_margin=margin)
+                        truth_of = {u: truth[u] for u in placed}
+                        by_group: dict[int, Counter] = {}
+                        for user, (group, _) in placed.items():
+                            by_group.setdefault(group, Counter())[truth_of[user]] += 1
+                        bad = sum(sum(c.values()) - c.most_common(1)[0][1] for c in by_group.values())
+                        placements[margin].append((bad, len(truth) - len(placed)))
             spread = f"{statistics.median(misplaced):.0f}, {max(misplaced)}" if misplaced else "-"
+            placed = " | ".join(
+                f"{statistics.median(b for b, _ in placements[m]):.0f}, {max(b for b, _ in placements[m])} "
+                f"({statistics.median(u for _, u in placements[m]):.0f})" if placements[m] else "-" for m in MARGINS)
             print(f"| {label} | {n} ({n * args.users}) | {found}/{args.seeds} | "
-                  f"{dict(sorted(groups.items())) or '-'} | {spread} | {statistics.median(seconds):.2f} |",
+                  f"{dict(sorted(groups.items())) or '-'} | {spread} | {placed} | {statistics.median(seconds):.2f} |",
                   flush=True)
 
 

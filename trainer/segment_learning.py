@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,9 @@ class LearnConfig:
     alpha: float = 0.01  # the split's test level (trainer/taste_clusters.py)
     margin: float = 0.2  # how much nearer another segment must be to move an assigned user
     move_t: float = 3.0  # and how surely their own votes say so (taste_clusters.assign)
+    place_margin: float = 0.2  # how much nearer the nearest segment must be to place a new user
+    unplace_votes: int = 10  # a member's thumbs on their segment's answers before `unplace_z` is asked
+    unplace_z: float = 3.0  # how far under their segment's liked share a member's must be to leave it
     max_segments: int = MAX_SEGMENTS
 
 
@@ -66,7 +70,7 @@ def read_votes(session: Session, parent: str, tenant: str, learned: list[str], c
     `scan_factor` x `max_votes` rows are looked at."""
     i, f = Interaction, Feedback
     query = (select(i.id, i.end_user, func.substr(i.response, 1, TEXT_CHARS).label("text"), i.adapter_version,
-                    f.rating)
+                    i.requested_model, f.rating)
              .join(f, (f.interaction_id == i.id) & (f.end_user == i.end_user))
              .where(i.tenant == tenant, i.requested_model.in_([parent, *learned]), i.status == 200,
                     i.response.is_not(None), i.end_user != "", f.rating != 0,
@@ -86,7 +90,7 @@ def read_votes(session: Session, parent: str, tenant: str, learned: list[str], c
     x, columns = taste_clusters.features([r.text or "" for r in kept])
     return Votes([r.end_user for r in kept], x, np.array([1.0 if r.rating > 0 else -1.0 for r in kept]),
                  np.array([hashlib.blake2b(r.id.encode(), digest_size=1).digest()[0] % 2 == 1 for r in kept]),
-                 [r.adapter_version or "base" for r in kept], columns)
+                 [r.adapter_version or "base" for r in kept], columns, [r.requested_model for r in kept])
 
 
 def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(), actor: str = "scheduler") -> dict:
@@ -138,7 +142,8 @@ def learn(sessions: sessionmaker, parent: str, cfg: LearnConfig = LearnConfig(),
 def _placements(votes: Votes, centres: np.ndarray, labels: list[str], current: dict[str, str], cfg: LearnConfig
                 ) -> dict[str, Placement]:
     placed = taste_clusters.assign(votes, centres, {u: labels.index(s) for u, s in current.items() if s in labels},
-                                   min_votes=cfg.min_user_votes, margin=cfg.margin, move_t=cfg.move_t)
+                                   min_votes=cfg.min_user_votes, margin=cfg.margin, move_t=cfg.move_t,
+                                   place_margin=cfg.place_margin)
     counts: dict[str, int] = {}
     for user in votes.users:
         counts[user] = counts.get(user, 0) + 1
@@ -153,8 +158,48 @@ def _place(sessions: sessionmaker, parent: str, tenant: str, tastes: dict[str, d
     if len(labels) < 2:
         return {"alias": parent, "skipped": "fewer than two learned segments"}
     centres = taste_clusters.centres_from(votes, [tastes[label] for label in labels])
-    placed = _placements(votes, centres, labels, assigned, cfg)
+    leaving = poorly_served(votes, assigned, {segments.segment_alias(parent, label): label for label in labels}, cfg)
+    placed = _placements(votes, centres, labels, {u: s for u, s in assigned.items() if u not in leaving}, cfg)
+    placed = {u: p for u, p in placed.items() if u not in leaving}
     with sessions.begin() as session:
         added, moved = segment_assignments.place(session, parent, tenant, placed, actor=actor,
                                                  reason="users' thumbs since the last pass")
-    return {"alias": parent, "placed": len(placed), "added": added, "moved": moved}
+        removed = segment_assignments.unplace(session, parent, tenant, leaving, actor=actor,
+                                              reason=f"liked their segment's answers far less than its other users "
+                                                     f"(z <= -{cfg.unplace_z}): back on the alias's champion")
+    return {"alias": parent, "placed": len(placed), "added": added, "moved": moved, "unplaced": removed}
+
+
+def poorly_served(votes: Votes, assigned: dict[str, str], segment_of_alias: dict[str, str], cfg: LearnConfig
+                  ) -> set[str]:
+    """Members who like what their segment serves far less than its other members do: placed
+    by mistake (a split found on few thumbs misplaces some), they get the other taste's
+    adapter. Their thumbs there say little about style (all they see is the one style), so
+    they could never move; they leave the segment (the alias's champion, mixed styles, again)
+    and are placed anew once their thumbs say where. A segment whose adapter serves everyone
+    badly moves nobody: each member is compared with the others."""
+    assert votes.alias is not None
+    ups: dict[tuple[str, str], list[int]] = {}  # (segment, user) -> [liked, rated] on the segment's answers
+    for user, alias, sign in zip(votes.users, votes.alias, votes.sign, strict=True):
+        segment = segment_of_alias.get(alias)
+        if segment is not None and assigned.get(user) == segment:
+            tally = ups.setdefault((segment, user), [0, 0])
+            tally[0] += sign > 0
+            tally[1] += 1
+    totals: dict[str, list[int]] = {}
+    for (segment, _), (liked, rated) in ups.items():
+        total = totals.setdefault(segment, [0, 0])
+        total[0] += liked
+        total[1] += rated
+    leaving = set()
+    for (segment, user), (liked, rated) in ups.items():
+        if rated < cfg.unplace_votes:
+            continue
+        pool_liked, pool_rated = totals[segment][0] - liked, totals[segment][1] - rated  # the other members
+        if pool_rated < 5 * cfg.unplace_votes:
+            continue
+        share = min(max(pool_liked / pool_rated, 0.01), 0.99)
+        z = (liked - rated * share) / math.sqrt(rated * share * (1 - share))
+        if z <= -cfg.unplace_z:
+            leaving.add(user)
+    return leaving

@@ -75,6 +75,7 @@ class Votes:
     heldout: np.ndarray  # bool: in the half `find_split` predicts
     served: list[str] | None = None  # the adapter version that answered (None: one for all)
     columns: np.ndarray | None = None  # the hashed feature of each column of x (`features`)
+    alias: list[str] | None = None  # the alias (or segment's alias) that served each answer
 
 
 @dataclass(frozen=True)
@@ -264,14 +265,15 @@ def centres_from(votes: Votes, weights: list[dict[str, float]]) -> np.ndarray:
 
 
 def assign(votes: Votes, centres: np.ndarray, current: dict[str, int], *, min_votes: int, margin: float,
-           move_t: float = 3.0) -> dict[str, tuple[int, float]]:
+           move_t: float = 3.0, place_margin: float = 0.0) -> dict[str, tuple[int, float]]:
     """user -> (group, cosine to its centre) for every user with `min_votes` votes: the group
     whose centre (`group_centres`, or stored ones: `centres_from`) is nearest their residual
     taste. Sticky: a user keeps their `current` group unless another is nearer by `margin`
     AND their own votes agree with it better than with theirs, vote by vote, by a t of
     `move_t` or more. Once each group is served its own style, a member's votes say little
     about style (everything they see is it) and their taste is mostly noise: noise must not
-    move them."""
+    move them. A user in no group yet is placed only when the nearest centre is nearer than
+    the next by `place_margin` (unsure: they keep the alias's champion and vote on)."""
     everything = np.ones(len(votes.users), dtype=bool)
     taste = tastes(votes, everything, min_votes)
     if not taste:
@@ -286,6 +288,9 @@ def assign(votes: Votes, centres: np.ndarray, current: dict[str, int], *, min_vo
     for i, user in enumerate(users):
         best = int(np.argmax(similarity[i]))
         here = current.get(user)
+        if here is None and len(centres) > 1 and \
+                similarity[i, best] - np.partition(similarity[i], -2)[-2] < place_margin:
+            continue
         if here is not None and best != here:
             evidence = signed[by_user[user]] @ (centres[best] - centres[here])
             if similarity[i, best] - similarity[i, here] < margin or _t(evidence) < move_t:

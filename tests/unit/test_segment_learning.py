@@ -208,12 +208,13 @@ def test_deleting_a_learned_segment_unassigns_its_users_and_its_name_is_not_reus
     assert set(placed(store).values()) == {"taste-3", "taste-4"}
 
 
-def served_by_own_segment(assigned: dict[str, str], votes: int = 100, seed: int = 11) -> list[tuple]:
+def served_by_own_segment(assigned: dict[str, str], votes: int = 100, seed: int = 11,
+                          formal_segment: str | None = None) -> list[tuple]:
     """Thumbs of users each served their segment's style only (formal for users 0-19's
     segment), a third of the answers broken (about another task): what users see once each
     segment has its own champion. (user, prompt, answer, thumb, version)"""
     rng = random.Random(seed)
-    formal_segment = assigned["user-0"]
+    formal_segment = formal_segment or assigned["user-0"]
     rows = []
     for user, segment in sorted(assigned.items()):
         taste = persona("formal" if int(user.split("-")[1]) < 20 else "casual")
@@ -283,3 +284,31 @@ def test_a_failing_learning_pass_does_not_stop_training(db_url: str, tmp_path, m
     monkeypatch.setattr(segment_learning, "learn", broken)
     add_ratings(Store(db_url), 3)
     assert run_once(settings_for(db_url, tmp_path), approved) == "approved"
+
+
+def test_a_misplaced_user_leaves_their_segment_and_is_placed_right(db_url: str) -> None:
+    """A member who likes their segment's answers far less than its other members do gets
+    the alias's champion again, and their next thumbs place them where they belong."""
+    from adapters import segment_assignments
+    from adapters.segment_assignments import Placement
+
+    store = Store(db_url)
+    store_thumbs(store, population(["formal", "casual"]))
+    segment_learning.learn(store.sessions, "default")
+    before = placed(store)
+    formal, casual = before["user-1"], before["user-39"]
+    with store.sessions.begin() as session:  # user-0 likes formal answers but sits with casual users
+        segment_assignments.place(session, "default", "default", {"user-0": Placement(casual, 6, 0.1)},
+                                  actor="test", reason="misplaced")
+    misplaced = {**before, "user-0": casual}
+    for segment in (formal, casual):
+        mine = [r for r in served_by_own_segment(misplaced, votes=60, formal_segment=formal)
+                if r[4] == f"champion-{segment}"]
+        store_thumbs(store, [r[:4] for r in mine], model=f"default@{segment}", version=f"champion-{segment}")
+    done = segment_learning.learn(store.sessions, "default")
+    assert done["unplaced"] == 1 and "user-0" not in placed(store), done
+    assert {u: s for u, s in placed(store).items()} == {u: s for u, s in before.items() if u != "user-0"}
+    # back on the alias's champion (both styles), user-0's thumbs place them with the formal users
+    store_thumbs(store, [("user-0", p, a, r) for _, p, a, r in population(["formal"], users=1, votes=40, seed=13)])
+    segment_learning.learn(store.sessions, "default")
+    assert placed(store)["user-0"] == formal
