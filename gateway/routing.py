@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from adapters import registry, segment_assignments
@@ -176,10 +176,13 @@ class Assignments:
             return ""
         try:
             segment = await anyio.to_thread.run_sync(self._read, parent, tenant, user)
-        except SQLAlchemyError as exc:  # the database is down: serve the alias's champion, as for a new user
-            log.warning("learned segment of a user unreadable (%s); serving the alias's champion for %.0f s",
+        except (OperationalError, InterfaceError) as exc:  # the database is down: everyone backs off a while
+            log.warning("learned segments unreadable (%s); serving the alias's champion for %.0f s",
                         type(exc).__name__, self.retry_s)
             self._down_until = time.monotonic() + self.retry_s
+            return ""
+        except SQLAlchemyError as exc:  # this one read failed (an odd id): this user only, nobody else waits
+            log.warning("learned segment of a user unreadable (%s)", type(exc).__name__)
             return ""
         self._cache[key] = (segment, time.monotonic() + self.ttl_s)
         self._cache.move_to_end(key)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,11 +78,11 @@ def read_votes(session: Session, parent: str, tenant: str, learned: list[str], c
                     (i.segment == "") | i.requested_model.in_(learned))
              .order_by(i.created_at.desc(), i.id).limit(cfg.max_votes * cfg.scan_factor)
              .execution_options(yield_per=1000))
-    per_user: dict[str, int] = {}
+    per_user: Counter[str] = Counter()
     kept = []
     for row in session.execute(query):
-        if per_user.get(row.end_user, 0) < cfg.max_per_user:
-            per_user[row.end_user] = per_user.get(row.end_user, 0) + 1
+        if per_user[row.end_user] < cfg.max_per_user:
+            per_user[row.end_user] += 1
             kept.append(row)
             if len(kept) >= cfg.max_votes:
                 break
@@ -144,9 +145,7 @@ def _placements(votes: Votes, centres: np.ndarray, labels: list[str], current: d
     placed = taste_clusters.assign(votes, centres, {u: labels.index(s) for u, s in current.items() if s in labels},
                                    min_votes=cfg.min_user_votes, margin=cfg.margin, move_t=cfg.move_t,
                                    place_margin=cfg.place_margin)
-    counts: dict[str, int] = {}
-    for user in votes.users:
-        counts[user] = counts.get(user, 0) + 1
+    counts = Counter(votes.users)
     return {u: Placement(labels[g], counts[u], similarity) for u, (g, similarity) in placed.items()}
 
 

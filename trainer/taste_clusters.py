@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,9 +170,7 @@ def find_split(votes: Votes, *, min_user_votes: int = 6, max_k: int = 4, min_use
     taste significantly (see the module's doc); None when none does. k grows only while each
     step beats the last significantly, so two tastes make two groups, not four. Only users
     with `min_user_votes` votes (the number `assign` places users by) take part."""
-    total: dict[str, int] = {}
-    for user in votes.users:
-        total[user] = total.get(user, 0) + 1
+    total = Counter(votes.users)
     fit_mask = ~votes.heldout & np.array([total[u] >= min_user_votes for u in votes.users], dtype=bool)
     fit = tastes(votes, fit_mask, 1)
     if len(fit) < 2 * min_users:

@@ -312,3 +312,28 @@ def test_a_misplaced_user_leaves_their_segment_and_is_placed_right(db_url: str) 
     store_thumbs(store, [("user-0", p, a, r) for _, p, a, r in population(["formal"], users=1, votes=40, seed=13)])
     segment_learning.learn(store.sessions, "default")
     assert placed(store)["user-0"] == formal
+
+
+def test_one_bad_lookup_does_not_make_everyone_skip_the_database() -> None:
+    """An error of one user's read (say PostgreSQL refusing an id) costs that request its
+    learned segment only; a dead database makes every lookup back off for a while."""
+    import anyio
+    from sqlalchemy.exc import DataError, OperationalError
+
+    calls: list[str] = []
+
+    class Failing:
+        def __init__(self, error: Exception):
+            self.error = error
+
+        def __call__(self):  # type: ignore[no-untyped-def]
+            calls.append("read")
+            raise self.error
+
+    odd = Assignments(Failing(DataError("select", {}, Exception("bad id"))))  # type: ignore[arg-type]
+    assert anyio.run(odd.segment, "default", "default", "u1") == ""
+    assert anyio.run(odd.segment, "default", "default", "u2") == "" and calls == ["read", "read"]
+    calls.clear()
+    down = Assignments(Failing(OperationalError("select", {}, Exception("down"))))  # type: ignore[arg-type]
+    assert anyio.run(down.segment, "default", "default", "u1") == ""
+    assert anyio.run(down.segment, "default", "default", "u2") == "" and calls == ["read"]  # backed off
