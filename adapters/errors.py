@@ -16,6 +16,7 @@
     ├── NotStoredYet               a rated answer was served but is not on disk yet
     └── UpstreamError
         ├── NoHealthyUpstream      every vLLM replica is down or refused
+        │   └── StoreUnavailable   the replica that stores a response is down
         ├── UpstreamTimeout        a replica took longer than the configured timeout
         └── AdapterLoadFailed      a replica refused to load an adapter version
 """
@@ -91,6 +92,10 @@ class UpstreamError(LoraloopError):
 
 
 class NoHealthyUpstream(UpstreamError):
+    pass
+
+
+class StoreUnavailable(NoHealthyUpstream):
     pass
 
 

@@ -52,6 +52,11 @@ def votes(*where: ColumnElement[bool]) -> Subquery:
     return select(ranked.c.interaction_id, ranked.c.rating).where(ranked.c.rank == 1).subquery("votes")
 
 
+def tenant_of(session: Session, interaction_id: str) -> str | None:
+    """The tenant `interaction_id` was served to, or None when no such answer is stored."""
+    return session.scalar(select(Interaction.tenant).where(Interaction.id == interaction_id))
+
+
 def write_interactions(session: Session, rows: Iterable[dict]) -> None:
     """Inserts interaction rows; a row whose id is already stored is skipped (replays are safe)."""
     rows = list(rows)

@@ -187,6 +187,11 @@ class AdapterEvent(Base):
     numbers: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
+# Interaction kinds whose prompt is stored as chat messages (a Responses API request's
+# instructions and input become messages; gateway/openai_api/response_items.py): they train alike.
+CONVERSATION_KINDS = ("chat", "responses")
+
+
 class Interaction(Base):
     """One completion served through the gateway, attributed to who asked and what answered."""
 
@@ -203,7 +208,7 @@ class Interaction(Base):
     requested_model: Mapped[str] = mapped_column(String(256))
     adapter_version: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     arm: Mapped[str] = mapped_column(String(32))
-    kind: Mapped[str] = mapped_column(String(16))  # chat | completions
+    kind: Mapped[str] = mapped_column(String(16))  # chat | completions | responses
     prompt: Mapped[object | None] = mapped_column(JSON, nullable=True)  # messages, or text prompt
     response: Mapped[str | None] = mapped_column(Text, nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -29,6 +29,7 @@ MAPPING: list[tuple[type[Exception], int, str, str | None]] = [
     (e.InvalidRequest, 400, "invalid_request_error", "invalid_request"),
     (e.InvalidAdapter, 400, "invalid_request_error", "invalid_adapter"),
     (e.InvalidTransition, 409, "invalid_request_error", "invalid_transition"),
+    (e.StoreUnavailable, 503, "service_unavailable", "response_store_unavailable"),
     (e.NoHealthyUpstream, 503, "service_unavailable", "no_healthy_upstream"),
     (e.LogQueueFull, 503, "service_unavailable", "interaction_log_full"),
     (e.NotStoredYet, 503, "service_unavailable", "answer_not_stored_yet"),

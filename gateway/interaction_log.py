@@ -17,12 +17,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from adapters.db import is_outage
 from adapters.errors import LogQueueFull
 from adapters.feedback import write_interactions
-from adapters.schema import utcnow
+from adapters.schema import Interaction, utcnow
+from gateway.openai_api import response_items
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
@@ -39,7 +41,7 @@ class Record:
     requested_model: str
     adapter_version: str | None
     arm: str
-    kind: str  # chat | completions
+    kind: str  # chat | completions | responses
     request_body: bytes  # the request as received; b"" when the key does not log prompts
     regenerates: str | None
     streamed: bool
@@ -50,6 +52,7 @@ class Record:
     latency_ms: float = 0.0
     keep_text: bool = True
     segment: str = ""
+    previous: str | None = None  # a Responses API conversation's previous response
 
     @property
     def size(self) -> int:
@@ -188,13 +191,15 @@ class InteractionLog:
     def _write(self, batch: list[Record]) -> None:
         rows = [_row(rec) for rec in batch]
         with self.sessions.begin() as session:
+            with_history(session, rows, [rec.previous for rec in batch])
             write_interactions(session, rows)
         if self.metrics is not None:
             self.metrics.count_tokens(rows)
 
 
 def _row(rec: Record) -> dict:
-    text, finish_reason, usage = parse_answer(rec.raw, rec.streamed) if rec.status == 200 else (None, None, {})
+    parse = parse_response if rec.kind == "responses" else parse_answer
+    text, finish_reason, usage = parse(rec.raw, rec.streamed) if rec.status == 200 else (None, None, {})
     # Only served answers keep their prompt: a refused request's body is worth nothing to
     # training, and storing it would let a client write 4 MiB rows for free.
     prompt = prompt_of(rec.request_body, rec.kind) if rec.status == 200 else None
@@ -212,10 +217,51 @@ def _row(rec: Record) -> dict:
 
 
 def prompt_of(request_body: bytes, kind: str) -> Any:
-    """The messages (chat) or prompt (completions) of a request body the gateway accepted."""
+    """The messages (chat, responses) or prompt (completions) of a request body the gateway accepted."""
     if not request_body:
         return None
-    return json.loads(request_body).get("messages" if kind == "chat" else "prompt")
+    body = json.loads(request_body)
+    if kind == "responses":
+        return response_items.messages(body)
+    return body.get("messages" if kind == "chat" else "prompt")
+
+
+def with_history(session: Session, rows: list[dict], previous: list[str | None]) -> None:
+    """Completes the prompt of each Responses API answer that continued a conversation
+    (`previous[i]`, its previous response) with the conversation so far, read from the
+    stored previous answer (or one earlier in `rows`), so it trains as the whole exchange.
+    Where that history is not stored (a key that logs no text), the prompt is dropped:
+    half a conversation would teach answers to questions nobody asked."""
+    wanted = {p for p in previous if p}
+    if not wanted:
+        return
+    i = Interaction.__table__
+    stored = {row.id: (row.prompt, row.response) for row in session.execute(
+        select(i.c.id, i.c.prompt, i.c.response).where(i.c.id.in_(wanted)))}
+    for row, before in zip(rows, previous, strict=True):
+        if before and row["prompt"] is not None:
+            prompt, answer = stored.get(before, (None, None))
+            row["prompt"] = response_items.continued(prompt, answer, row["prompt"])
+        stored[row["id"]] = (row["prompt"], row["response"])  # a later row may continue this one
+
+
+def parse_response(raw: bytes, streamed: bool) -> tuple[str | None, str | None, dict]:
+    """(output text, finish reason, usage) of a Responses API answer or SSE stream."""
+    try:
+        if not streamed:
+            return response_items.answer(json.loads(raw))
+        deltas: list[str] = []
+        for line in raw.split(b"\n"):
+            if not line.startswith(b"data: "):
+                continue
+            event = json.loads(line[6:])
+            if event.get("type") in response_items.FINAL_EVENTS:
+                return response_items.answer(event["response"])
+            if event.get("type") == "response.output_text.delta":
+                deltas.append(event.get("delta") or "")
+        return "".join(deltas), None, {}  # the stream broke before its end
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return None, None, {}
 
 
 def parse_answer(raw: bytes, streamed: bool) -> tuple[str | None, str | None, dict]:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/feedback", "/v1/models",
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/feedback", "/v1/models",
           "/health", "/ready", "/metrics")
 TRAINING_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400)
 FAILOVER_REASONS = ("unreachable", "broken", "status", "adapter_load", "upstream_auth")
@@ -41,6 +41,8 @@ FAILOVER_REASONS = ("unreachable", "broken", "status", "adapter_load", "upstream
 def route_label(path: str) -> str:
     if path in ROUTES:
         return path
+    if path.startswith("/v1/responses/"):  # a stored response: its id is no label
+        return "/v1/responses/{id}"
     return "/admin" if path.startswith("/admin") else "other"
 
 

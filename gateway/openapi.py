@@ -43,6 +43,23 @@ class CompletionRequest(_Common):
     prompt: str | list[str] = Field(description="Text, or a non-empty list of texts.")
 
 
+class ResponseRequest(BaseModel):
+    """`POST /v1/responses` (OpenAI's Responses API; vLLM checks the rest)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(description="The base model, an adapter version, or an alias (README: Routing).")
+    input: str | list[dict[str, Any]] = Field(description="Text, or a non-empty list of input items.")
+    instructions: str | None = None
+    stream: bool | None = None
+    user: str | None = Field(None, description="The end user: sticky experiment arm, attribution of ratings.")
+    max_output_tokens: int | None = Field(None, ge=1)
+    previous_response_id: str | None = Field(None, max_length=64, description="Continues a conversation this "
+                                             "key's tenant had; served by the model server that stores it.")
+    store: bool | None = None
+    regenerates: str | None = Field(None, description="Id of the answer this request regenerates (not OpenAI).")
+
+
 class ErrorBody(BaseModel):
     message: str
     type: str
@@ -57,6 +74,7 @@ class Error(BaseModel):
 PLAIN_ROUTES = [
     ("/v1/chat/completions", "Create a chat completion (OpenAI-compatible)", ChatCompletionRequest),
     ("/v1/completions", "Create a text completion (OpenAI-compatible)", CompletionRequest),
+    ("/v1/responses", "Create a response (OpenAI's Responses API; no background mode)", ResponseRequest),
     ("/v1/feedback", "Rate a completion this key's tenant received", FeedbackRequest),
 ]
 ERRORS = {"400": "Malformed request (names the field)", "401": "Missing, invalid or revoked API key",
@@ -88,6 +106,15 @@ def install(app: FastAPI) -> None:
                     "responses": {"200": {"description": "OK (an SSE stream when `stream` is true)"},
                                   **{code: {"description": text, **error} for code, text in ERRORS.items()}},
                 }}
+            stored = {"security": [{"bearer": []}], "parameters": [
+                {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The stored response (vLLM's answer)"},
+                              **{code: {"description": text, **error} for code, text in ERRORS.items()}}}
+            schema["paths"]["/v1/responses/{response_id}"] = {"get": {
+                "summary": "A stored response this key's tenant received", "operationId": "v1_responses_get",
+                **stored}}
+            schema["paths"]["/v1/responses/{response_id}/cancel"] = {"post": {
+                "summary": "Cancel a response", "operationId": "v1_responses_cancel", **stored}}
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             app.openapi_schema = schema
         return app.openapi_schema

@@ -24,6 +24,9 @@ class EngineSettings(BaseModel):
     kv_cache_gib: int = Field(1, description="CPU KV cache size (VLLM_CPU_KVCACHE_SPACE).")
     dtype: str = Field("auto", description="vLLM --dtype; float32 gives exact HF parity on CPU.")
     extra_args: list[str] = Field(default_factory=list, description="More vLLM CLI arguments.")
+    responses_store: bool = Field(True, description="vLLM keeps Responses API answers for `GET /v1/responses/{id}` "
+                                  "and `previous_response_id` (VLLM_ENABLE_RESPONSES_API_STORE). In vLLM's memory, "
+                                  "never evicted: it grows until the engine restarts.")
     startup_timeout_s: float = Field(300, description="How long vLLM may take to become healthy.")
 
 

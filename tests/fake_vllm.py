@@ -38,9 +38,11 @@ class FakeReplica:
     seen: list[dict] = field(default_factory=list)  # bodies of completion requests
     loads: list[str] = field(default_factory=list)
     unloads: list[str] = field(default_factory=list)
+    stored: dict[str, dict] = field(default_factory=dict)  # the Responses API's store (per replica, as vLLM's)
 
     def restart(self) -> None:
         self.loaded.clear()
+        self.stored.clear()
 
 
 class FakeFleet:
@@ -83,7 +85,12 @@ class FakeFleet:
             replica.loaded[body["lora_name"]] = body["lora_path"]
             replica.loads.append(body["lora_name"])
             return httpx.Response(200, text="ok")
-        if path in ("/v1/chat/completions", "/v1/completions"):
+        if path.startswith("/v1/responses/"):
+            response_id = path.split("/")[3]
+            if response_id not in replica.stored:
+                return _not_stored(response_id)
+            return httpx.Response(200, json=replica.stored[response_id])
+        if path in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
             if replica.slow:
                 raise httpx.ReadTimeout("timed out", request=request)
             if replica.break_next:
@@ -100,6 +107,8 @@ class FakeFleet:
             if body["model"] != BASE and body["model"] not in replica.loaded:
                 return httpx.Response(404, json={"error": {"message": f"The model `{body['model']}` does not exist.",
                                                            "type": "NotFoundError", "param": "model", "code": 404}})
+            if path == "/v1/responses":
+                return _respond(replica, body)
             rid = request.headers["x-request-id"]
             chat = path.endswith("chat/completions")
             text = f"answer from {body['model']} on {replica.url}"
@@ -141,3 +150,36 @@ async def _sse(rid: str, model: str, text: str, chat: bool, usage: bool = False)
                  "usage": {"prompt_tokens": 5, "completion_tokens": len(words), "total_tokens": 5 + len(words)}}
         yield f"data: {json.dumps(chunk)}\n\n".encode()
     yield b"data: [DONE]\n\n"
+
+
+def _respond(replica: FakeReplica, body: dict) -> httpx.Response:
+    """A Responses API answer, stored on this replica unless `store` is false (as vLLM with
+    VLLM_ENABLE_RESPONSES_API_STORE=1)."""
+    previous = body.get("previous_response_id")
+    if previous is not None and previous not in replica.stored:
+        return _not_stored(previous)
+    rid = body.get("request_id") or "resp_fake"
+    text = f"answer from {body['model']} on {replica.url}"
+    response = {"id": rid, "object": "response", "created_at": 0, "model": body["model"], "status": "completed",
+                "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                            "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                "usage": {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12},
+                "previous_response_id": previous}
+    if body.get("store", True):
+        replica.stored[rid] = response
+    if not body.get("stream"):
+        return httpx.Response(200, json=response)
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=_response_events(response, text))
+
+
+async def _response_events(response: dict, text: str):
+    events = [{"type": "response.created", "response": {**response, "status": "in_progress", "output": []}}]
+    events += [{"type": "response.output_text.delta", "delta": word + " "} for word in text.split(" ")]
+    events.append({"type": "response.completed", "response": response})
+    for n, event in enumerate(events):
+        yield f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': n})}\n\n".encode()
+
+
+def _not_stored(response_id: str) -> httpx.Response:
+    return httpx.Response(404, json={"error": {"message": f"Response with id '{response_id}' not found.",
+                                               "type": "invalid_request_error", "param": None, "code": 404}})

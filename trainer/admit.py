@@ -22,7 +22,7 @@ from sqlalchemy import select
 from adapters import integrity, registry
 from adapters.db import make_engine, make_sessionmaker, upgrade
 from adapters.errors import InvalidAdapter
-from adapters.schema import AdapterState, Interaction
+from adapters.schema import CONVERSATION_KINDS, AdapterState, Interaction
 from adapters.settings import DEMO_MODEL_NAME, StoreSettings
 from trainer.data import DataConfig, build, is_heldout, prompt_key
 from trainer.gate import GateConfig, evaluate
@@ -33,7 +33,8 @@ def heldout_data(sessions, demo: bool, n: int = 16) -> tuple[list[dict], list]: 
     with sessions() as session:
         pairs = build(session, "dpo", DataConfig())["heldout"]
         logged = session.scalars(select(Interaction.prompt).where(Interaction.prompt.is_not(None),
-                                                                  Interaction.kind == "chat").limit(2000))
+                                                                  Interaction.kind.in_(CONVERSATION_KINDS))
+                                .limit(2000))
         prompts = [p for p in logged if is_heldout(prompt_key(p), DataConfig.heldout_fraction)]
     prompts = [p["prompt"] for p in pairs] + prompts
     if not prompts and demo:

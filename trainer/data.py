@@ -51,7 +51,7 @@ from sqlalchemy import Select, Text, and_, case, cast, exists, func, literal, or
 from sqlalchemy.orm import Session
 
 from adapters.feedback import purge_before, purge_user, votes
-from adapters.schema import DEFAULT_TENANT, Alias, Interaction, SegmentAssignment, utcnow
+from adapters.schema import CONVERSATION_KINDS, DEFAULT_TENANT, Alias, Interaction, SegmentAssignment, utcnow
 from adapters.segments import segment_alias
 
 BATCH = 1000  # rows per fetch: a round trip's cost amortised, memory flat whatever the table's size
@@ -174,7 +174,8 @@ def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, pe
     (trained on thumbs capped per user), the gate and the A/B test."""
     i = Interaction.__table__
     # (an opted-out key's rows: a NULL response, and a prompt that may be JSON null, not SQL NULL)
-    admitted = [i.c.response.is_not(None), i.c.status == 200, i.c.kind == "chat", i.c.prompt_tokens <= max_tokens]
+    admitted = [i.c.response.is_not(None), i.c.status == 200, i.c.kind.in_(CONVERSATION_KINDS),
+                i.c.prompt_tokens <= max_tokens]
     if cfg.segment_of is None:  # a segment's scope is all traffic to it already (its rows from before its alias too)
         admitted.append(i.c.requested_model == alias)
     admitted += scope_filters(cfg)
@@ -224,7 +225,7 @@ def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
 
 
 def _turn(answer: Answer, text: str) -> Any:
-    return [{"role": "assistant", "content": text}] if answer.kind == "chat" else text
+    return [{"role": "assistant", "content": text}] if answer.kind in CONVERSATION_KINDS else text
 
 
 class _Cap:
@@ -361,7 +362,7 @@ def sft_examples(session: Session, cfg: DataConfig) -> Iterator[Example]:
     """Capped SFT examples: liked chat answers as whole conversations."""
     cap = _Cap(cfg.max_per_user)
     for a in rated_answers(session, cfg):
-        if a.score > 0 and a.kind == "chat" and cap.take(a.end_user):
+        if a.score > 0 and a.kind in CONVERSATION_KINDS and cap.take(a.end_user):
             yield a.prompt_key, _split(a.prompt_key, cfg), {
                 "messages": [*a.prompt, {"role": "assistant", "content": a.text}]}
 
@@ -460,7 +461,7 @@ def report(session: Session, cfg: DataConfig) -> dict:
         "per_adapter_version": versions,
         # as the requests declared them ("": none); a label's rows stay under it after it gets an alias
         "per_segment": dict(sorted(segments.items())),
-        "per_kind": dict(sorted(counted(rated.c.kind).items())),  # chat | completions
+        "per_kind": dict(sorted(counted(rated.c.kind).items())),  # chat | completions | responses
     }
 
 

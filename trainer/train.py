@@ -329,15 +329,17 @@ def resolve_method(cfg: TrainConfig, db_url: str) -> tuple[TrainConfig, dict | N
         else:
             method, why = choose(counts["pairs"], counts["liked"], counts["disliked"], cfg.min_pairs)
     else:
+        from adapters.schema import CONVERSATION_KINDS
         from trainer.data import DataConfig, for_alias, report
 
         with _session(db_url) as session:
             figures = report(session, for_alias(session, cfg.alias, DataConfig(
                 heldout_fraction=cfg.heldout_fraction, cross_tenant=cfg.cross_tenant)))
         counts = {"pairs": figures["dpo_pairs"]["train"], "liked": figures["liked"], "disliked": figures["disliked"]}
-        chat = figures["per_kind"].get("chat", {})
+        # the judge scores conversations: thumbs on chat-shaped answers train it
+        chat = [figures["per_kind"].get(kind, {}) for kind in CONVERSATION_KINDS]
         method, why = choose(counts["pairs"], counts["liked"], counts["disliked"], cfg.min_pairs,
-                             judged=(chat.get("up", 0), chat.get("down", 0)))
+                             judged=(sum(k.get("up", 0) for k in chat), sum(k.get("down", 0) for k in chat)))
     log.info("--method auto: %s (%s)", method, why)
     return replace(cfg, method=method), {"requested": AUTO, "chose": method, "why": why, **counts}
 

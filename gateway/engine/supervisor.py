@@ -58,6 +58,8 @@ def vllm_env(engine: EngineSettings, api_key: str = "") -> dict[str, str]:
     })
     if api_key:
         env["VLLM_API_KEY"] = api_key  # vLLM's --api-key, and RequireApiKey's
+    if engine.responses_store:
+        env["VLLM_ENABLE_RESPONSES_API_STORE"] = "1"
     return env
 
 

@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 from adapters.errors import AdapterLoadFailed, NoHealthyUpstream, UpstreamTimeout
 from adapters.fleet import Fleet, Replica
 from gateway.interaction_log import InteractionLog, Record
+from gateway.openai_api.ids import answer_id
 from gateway.routing import Route
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ UNREACHABLE = (httpx.ConnectError, httpx.ConnectTimeout)
 # The connection broke. Often a pooled keep-alive connection the server had just closed,
 # which says nothing about the replica: retry it once on a new connection before failing over.
 BROKEN = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-ID_PREFIX = {"chat": "chatcmpl-", "completions": "cmpl-"}
 # nginx's "client closed request": what the log says of an answer nobody waited for
 CLIENT_CLOSED = 499
 # What a stream keeps for the log when the key logs no text: enough for the last chunks
@@ -49,7 +49,7 @@ CLIENT_CLOSED = 499
 LOG_TAIL_BYTES = 4096
 # Closing an upstream stream after a cancellation is shielded from it; this bounds the wait.
 CLOSE_TIMEOUT_S = 5.0
-UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+UPSTREAM_PATH = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "responses": "/v1/responses"}
 
 
 class Forwarder:
@@ -60,14 +60,15 @@ class Forwarder:
         self.metrics = metrics
 
     async def forward(self, kind: str, body: dict[str, Any], route: Route, record: Record,
-                      request: Request | None = None) -> Response:
+                      request: Request | None = None, pinned: Replica | None = None) -> Response:
         """The upstream's answer to a completion `body`, from the first replica that gives
-        one. With the client's `request`, a client hanging up before the answer (or the
-        first chunk) is there cancels the upstream call."""
+        one (only `pinned`, where given: the one that stores a conversation). With the
+        client's `request`, a client hanging up before the answer (or the first chunk) is
+        there cancels the upstream call."""
+        work = self._forward(kind, body, route, record, pinned)
         if request is None:
-            return await self._forward(kind, body, route, record)
-        return await self._unless_disconnected(self._forward(kind, body, route, record), request.receive, record)
-
+            return await work
+        return await self._unless_disconnected(work, request.receive, record)
     async def _unless_disconnected(self, work: Coroutine[Any, Any, Response], receive: Receive,
                                    record: Record) -> Response:
         # vLLM's `with_cancellation` does the same: the work races a receive() of
@@ -91,14 +92,13 @@ class Forwarder:
         self._log(record, CLIENT_CLOSED, b"")
         return Response(status_code=CLIENT_CLOSED)  # nobody reads it; for the metrics
 
-    async def _forward(self, kind: str, body: dict[str, Any], route: Route, record: Record) -> Response:
+    async def _forward(self, kind: str, body: dict[str, Any], route: Route, record: Record,
+                       pinned: Replica | None) -> Response:
         body["model"] = route.upstream_model
         request_id = uuid.uuid4().hex
-        record.id = ID_PREFIX[kind] + request_id
-        content = json.dumps(body, separators=(",", ":")).encode()
+        content = b""
         headers = {"content-type": "application/json", "x-request-id": request_id}
         served = {
-            "x-request-id": ID_PREFIX[kind] + request_id,
             "x-loraloop-adapter-version": route.adapter or "",
             "x-loraloop-arm": route.arm,
             "x-loraloop-alias": route.alias or "",  # `<alias>@<segment>` where a segment's alias served
@@ -106,7 +106,14 @@ class Forwarder:
         }
         stream = bool(body.get("stream"))
         load_failed: AdapterLoadFailed | None = None
-        for replica in self.fleet.pick_order():
+        for replica in [pinned] if pinned is not None else self.fleet.pick_order():
+            if record.id != (named := answer_id(kind, replica, request_id)) or not content:
+                # A stored response lives on the replica that made it, so its id names that
+                # replica (ids.py); vLLM takes it as the body's `request_id`.
+                record.id = served["x-request-id"] = named
+                if kind == "responses":
+                    body["request_id"] = named
+                content = json.dumps(body, separators=(",", ":")).encode()
             for attempt in (1, 2):
                 try:
                     response = await self._try(replica, kind, content, headers, route, stream, served, record)

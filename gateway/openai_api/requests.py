@@ -29,6 +29,11 @@ CHECKED_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "temperature": ((int, float), "a number"),
     "top_p": ((int, float), "a number"),
     "seed": ((int,), "an integer"),
+    # the Responses API's own
+    "max_output_tokens": ((int,), "an integer"),
+    "instructions": ((str,), "a string"),
+    "previous_response_id": ((str,), "a string (the id of a response this key's tenant received)"),
+    "store": ((bool,), "a boolean"),
 }
 
 
@@ -62,7 +67,8 @@ async def parse_completion_request_async(raw: bytes, kind: str) -> dict[str, Any
 
 
 def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
-    """The parsed body of a chat (`kind="chat"`) or text completion request, or InvalidRequest."""
+    """The parsed body of a chat (`kind="chat"`), text completion (`"completions"`) or
+    Responses API (`"responses"`) request, or InvalidRequest."""
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
@@ -77,6 +83,8 @@ def parse_completion_request(raw: bytes, kind: str) -> dict[str, Any]:
     _check_lengths(body)
     if kind == "chat":
         _check_messages(body.get("messages"))
+    elif kind == "responses":
+        _check_responses_input(body)
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
@@ -161,7 +169,8 @@ def _finite_float(text: str) -> float:
 
 
 # What the interaction log stores of them has room for this much (adapters/schema.py).
-MAX_LENGTHS = {"user": Interaction.end_user.type.length, "regenerates": Interaction.regenerates.type.length}
+MAX_LENGTHS = {"user": Interaction.end_user.type.length, "regenerates": Interaction.regenerates.type.length,
+               "previous_response_id": Interaction.id.type.length}
 
 
 def _check_lengths(body: dict[str, Any]) -> None:
@@ -173,6 +182,21 @@ def check_length(name: str, value: object, limit: int) -> None:
     """InvalidRequest when string `value` (a body field or header) is longer than `limit`."""
     if isinstance(value, str) and len(value) > limit:
         raise InvalidRequest(f"{name}: at most {limit} characters, got {len(value)}", param=name)
+
+
+def _check_responses_input(body: dict[str, Any]) -> None:
+    value = body.get("input")
+    if not isinstance(value, (str, list)) or (isinstance(value, list) and not value):
+        raise InvalidRequest("input: must be a string or a non-empty array of input items", param="input")
+    if isinstance(value, list) and not all(isinstance(item, dict) for item in value):
+        raise InvalidRequest("input: each input item must be an object", param="input")
+    if body.get("previous_response_id") == "":
+        raise InvalidRequest("previous_response_id: must be a response id, not empty", param="previous_response_id")
+    if body.get("background"):
+        # A background response is answered before it is generated: its text could never be
+        # logged, attributed or rated, and polling for it would bypass the interaction log.
+        raise InvalidRequest("background: background responses are not supported; send the request "
+                             "without `background` (streamed if it is long)", param="background")
 
 
 def _check_messages(messages: object) -> None:

@@ -1,6 +1,7 @@
-"""Routes of the OpenAI-compatible API. Thin: parsing in `requests`, forwarding in `proxy`.
+"""Routes of the OpenAI-compatible API. Thin: parsing in `requests`, forwarding in `proxy`,
+the Responses API's stored answers in `responses`.
 
-The two completion routes are plain Starlette routes, not FastAPI ones: they are the hot
+The completion routes are plain Starlette routes, not FastAPI ones: they are the hot
 path, and FastAPI's per-request dependency resolution was a measurable share of the
 gateway's CPU cost (bench/README.md). They authenticate inline instead.
 """
@@ -17,7 +18,9 @@ from adapters.segments import check_segment
 from gateway.auth import client_address
 from gateway.deps import Caller, State
 from gateway.interaction_log import Record
+from gateway.openai_api import responses
 from gateway.openai_api.requests import MAX_LENGTHS, check_length, parse_completion_request_async, read_body
+from gateway.openai_api.responses import stored_replica
 from gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
@@ -35,6 +38,9 @@ async def _complete(kind: str, request: Request) -> Response:
     regenerates = body.pop("regenerates", None) or headers.get("x-loraloop-regenerates")  # not for vLLM
     for name, value in (("user", end_user), ("regenerates", regenerates)):  # headers too
         check_length(name, value, MAX_LENGTHS[name])
+    previous = body.get("previous_response_id") if kind == "responses" else None
+    # a conversation continues on the replica that stores it (responses.py)
+    pinned = await stored_replica(state, previous, caller.tenant, "previous_response_id") if previous else None
     segment = headers.get("x-loraloop-segment") or ""  # the app's cohort for this user (adapters/segments.py)
     route = await state.router.resolve(body["model"], end_user, caller.tenant, segment and check_segment(segment))
     # the metrics middleware labels the request with its route
@@ -48,8 +54,8 @@ async def _complete(kind: str, request: Request) -> Response:
         # 4 MiB of `{}` was 97 MiB), and the writer thread parses them, off the request path
         request_body=raw if caller.log_prompts else b"",
         regenerates=regenerates, streamed=bool(body.get("stream")), started=started,
-        keep_text=caller.log_prompts)
-    return await state.forwarder.forward(kind, body, route, record, request)
+        keep_text=caller.log_prompts, previous=previous)
+    return await state.forwarder.forward(kind, body, route, record, request, pinned)
 
 
 async def chat_completions(request: Request) -> Response:
@@ -60,8 +66,15 @@ async def completions(request: Request) -> Response:
     return await _complete("completions", request)
 
 
+async def create_response(request: Request) -> Response:
+    return await _complete("responses", request)
+
+
 router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 router.add_route("/v1/completions", completions, methods=["POST"])
+router.add_route("/v1/responses", create_response, methods=["POST"])
+router.add_route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"])
+router.add_route("/v1/responses/{response_id}/cancel", responses.cancel, methods=["POST"])
 
 
 @router.get("/models")
