@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, CursorResult, Subquery, case, delete, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from adapters.schema import Feedback, Interaction, utcnow
+from adapters.schema import Feedback, Interaction, Signal, utcnow
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Rating:
     rating: int  # +1 thumbs up, -1 thumbs down
     comment: str | None
     tenant: str  # of the key that sends the rating; only its own interactions may be rated
+    choice: int = 0  # which choice of an `n` > 1 answer
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,13 @@ class RatingResult:
     replaced: bool = False
     adapter_version: str | None = None  # what served the rated answer (for the metrics)
     arm: str = ""
+    invalid: str = ""  # why an answer that was served refused this rating (a choice it does not have)
 
 
 def votes(*where: ColumnElement[bool]) -> Subquery:
-    """One vote per answer: (interaction_id, rating) for every rated interaction (of those
-    matching `where`, conditions on Interaction: the window then ranks only their ratings).
+    """One vote per answer: (interaction_id, choice, rating) for every rated choice of an
+    interaction (of those matching `where`, conditions on Interaction: the window then ranks
+    only their ratings). Each choice of an `n` > 1 answer is an answer of its own.
 
     An answer's vote is its own end user's rating when they gave one, otherwise the first
     rating anyone gave it. A key may rate an answer under any `user` value it likes, so
@@ -45,11 +48,12 @@ def votes(*where: ColumnElement[bool]) -> Subquery:
     count this vote only, whatever else is stored."""
     f, i = Feedback.__table__, Interaction.__table__
     rank = func.row_number().over(
-        partition_by=f.c.interaction_id,
+        partition_by=(f.c.interaction_id, f.c.choice),
         order_by=(case((f.c.end_user == i.c.end_user, 0), else_=1), f.c.created_at, f.c.id))
-    ranked = (select(f.c.interaction_id, f.c.rating, rank.label("rank"))
+    ranked = (select(f.c.interaction_id, f.c.choice, f.c.rating, rank.label("rank"))
               .join(i, i.c.id == f.c.interaction_id).where(*where).subquery("ranked"))
-    return select(ranked.c.interaction_id, ranked.c.rating).where(ranked.c.rank == 1).subquery("votes")
+    return (select(ranked.c.interaction_id, ranked.c.choice, ranked.c.rating)
+            .where(ranked.c.rank == 1).subquery("votes"))
 
 
 def tenant_of(session: Session, interaction_id: str) -> str | None:
@@ -64,7 +68,7 @@ def write_interactions(session: Session, rows: Iterable[dict]) -> None:
         return
     # Core executemany with one statement, not one multi-row VALUES: SQLAlchemy compiles it
     # once and caches it, where a VALUES list of varying length is compiled anew every batch.
-    stmt = _insert(session)(Interaction.__table__).on_conflict_do_nothing(index_elements=["id"])
+    stmt = insert_for(session)(Interaction.__table__).on_conflict_do_nothing(index_elements=["id"])
     session.connection().execute(stmt, rows)
 
 
@@ -77,11 +81,12 @@ def write_ratings(session: Session, ratings: list[Rating]) -> list[RatingResult]
     conn = session.connection()
     interactions, feedback = Interaction.__table__, Feedback.__table__
     ids = list({r.interaction_id for r in ratings})
-    found = {row.id: row for row in conn.execute(
-        select(interactions.c.id, interactions.c.tenant, interactions.c.end_user,
-               interactions.c.adapter_version, interactions.c.arm)
-        .where(interactions.c.id.in_(ids)))}
-    existing = set(conn.execute(select(feedback.c.interaction_id, feedback.c.end_user)
+    columns = [interactions.c.id, interactions.c.tenant, interactions.c.end_user,
+               interactions.c.adapter_version, interactions.c.arm]
+    if any(r.choice for r in ratings):  # the texts of every choice, only when a rating needs their number
+        columns.append(interactions.c.choices)
+    found = {row.id: row for row in conn.execute(select(*columns).where(interactions.c.id.in_(ids)))}
+    existing = set(conn.execute(select(feedback.c.interaction_id, feedback.c.choice, feedback.c.end_user)
                                 .where(feedback.c.interaction_id.in_(ids))).tuples())
     results, rows = [], {}
     now = utcnow()
@@ -91,32 +96,45 @@ def write_ratings(session: Session, ratings: list[Rating]) -> list[RatingResult]
             results.append(RatingResult(stored=False))
             continue
         user = r.end_user if r.end_user is not None else interaction.end_user
-        key = (r.interaction_id, user)
+        if r.choice >= (count := choice_count(interaction)):
+            results.append(RatingResult(stored=False, end_user=user,
+                                        invalid=f"choice: the answer has {count} choice(s)"))
+            continue
+        key = (r.interaction_id, r.choice, user)
         results.append(RatingResult(stored=True, end_user=user, replaced=key in existing or key in rows,
                                     adapter_version=interaction.adapter_version, arm=interaction.arm))
-        rows[key] = {"interaction_id": r.interaction_id, "end_user": user, "rating": r.rating,
+        rows[key] = {"interaction_id": r.interaction_id, "choice": r.choice, "end_user": user, "rating": r.rating,
                      "comment": r.comment, "created_at": now, "updated_at": now}  # last one wins
     if rows:
-        stmt = _insert(session)(feedback)
+        stmt = insert_for(session)(feedback)
         conn.execute(stmt.on_conflict_do_update(
-            index_elements=["interaction_id", "end_user"],
+            index_elements=["interaction_id", "choice", "end_user"],
             set_={"rating": stmt.excluded.rating, "comment": stmt.excluded.comment,
                   "updated_at": stmt.excluded.updated_at}), list(rows.values()))
     return results
 
 
+def choice_count(row: object) -> int:
+    """How many choices a stored interaction row's answer had (its `choices`, if selected)."""
+    choices = getattr(row, "choices", None)
+    return len(choices) if isinstance(choices, list) and choices else 1
+
+
 def purge_before(session: Session, cutoff: datetime) -> int:
-    """Deletes interactions (and their ratings) older than `cutoff`; returns how many."""
+    """Deletes interactions (and the feedback on them) older than `cutoff`; returns how many."""
     old = select(Interaction.id).where(Interaction.created_at < cutoff)
     session.execute(delete(Feedback).where(Feedback.interaction_id.in_(old)))
+    session.execute(delete(Signal).where(Signal.interaction_id.in_(old) | Signal.other_id.in_(old)))
     return _rowcount(session.execute(delete(Interaction).where(Interaction.created_at < cutoff)))
 
 
 def purge_user(session: Session, end_user: str) -> int:
-    """Deletes one end user's interactions and every rating they gave; returns interactions deleted."""
+    """Deletes one end user's interactions and all feedback they gave; returns interactions deleted."""
     theirs = select(Interaction.id).where(Interaction.end_user == end_user)
     session.execute(delete(Feedback).where(
         (Feedback.end_user == end_user) | Feedback.interaction_id.in_(theirs)))
+    session.execute(delete(Signal).where(
+        (Signal.end_user == end_user) | Signal.interaction_id.in_(theirs) | Signal.other_id.in_(theirs)))
     return _rowcount(session.execute(delete(Interaction).where(Interaction.end_user == end_user)))
 
 
@@ -125,5 +143,6 @@ def _rowcount(result: object) -> int:
     return result.rowcount
 
 
-def _insert(session: Session):  # type: ignore[no-untyped-def]
+def insert_for(session: Session):  # type: ignore[no-untyped-def]
+    """The dialect's INSERT, which has ON CONFLICT."""
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert

@@ -210,7 +210,10 @@ class Interaction(Base):
     arm: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16))  # chat | completions | responses
     prompt: Mapped[object | None] = mapped_column(JSON, nullable=True)  # messages, or text prompt
-    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)  # the first choice's text
+    # every choice's text when the answer had several (`n` > 1): what a rating or verdict on
+    # choice k is about; NULL for a one-choice answer
+    choices: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     status: Mapped[int] = mapped_column(SmallInteger)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -224,18 +227,60 @@ class Interaction(Base):
 
 
 class Feedback(Base):
-    """A thumbs up (+1) or down (-1) on an interaction; one per (interaction, end user)."""
+    """A thumbs up (+1) or down (-1) on one choice of an interaction; one per (interaction,
+    choice, end user)."""
 
     __tablename__ = "feedback"
-    __table_args__ = (UniqueConstraint("interaction_id", "end_user", name="uq_feedback_interaction_user"),)
+    __table_args__ = (UniqueConstraint("interaction_id", "choice", "end_user",
+                                       name="uq_feedback_interaction_choice_user"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"))
+    choice: Mapped[int] = mapped_column(SmallInteger, default=0, server_default="0")  # of an `n` > 1 answer
     end_user: Mapped[str] = mapped_column(String(256), default="")
     rating: Mapped[int] = mapped_column(SmallInteger)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # indexed: the scheduler counts each alias's ratings since its last run, every tick
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class SignalKind(str, enum.Enum):
+    """Feedback beyond a thumb (gateway/feedback/schemas.py says how each is sent)."""
+
+    preference = "preference"  # this answer is better than `other_id`'s (same prompt): a DPO pair
+    edit = "edit"  # the user corrected the answer to `text`: an SFT example, and a pair over the original
+    score = "score"  # a named number (`name`, `value`): reported and exported, not trained on
+    copied = "copied"  # implicit: the user copied the answer (a weak thumbs up)
+    regenerated = "regenerated"  # implicit: the user asked for another answer (a weak thumbs down)
+
+
+IMPLICIT_SIGNALS = (SignalKind.copied.value, SignalKind.regenerated.value)
+
+
+class Signal(Base):
+    """One piece of feedback beyond a thumb on one choice of an interaction, by one end
+    user; sent again (same answer, choice, user, kind, name and other answer), it replaces
+    the earlier one."""
+
+    __tablename__ = "feedback_signals"
+    __table_args__ = (UniqueConstraint("interaction_id", "choice", "end_user", "kind", "name", "other_id",
+                                       "other_choice", name="uq_feedback_signals_once"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id", ondelete="CASCADE"))
+    choice: Mapped[int] = mapped_column(SmallInteger, default=0)
+    end_user: Mapped[str] = mapped_column(String(256), default="")
+    kind: Mapped[str] = mapped_column(String(16))  # a SignalKind
+    # preference: the answer this one was preferred over ("" otherwise); checked on write
+    # (same tenant, same prompt), not a foreign key: "" is no interaction
+    other_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    other_choice: Mapped[int] = mapped_column(SmallInteger, default=0)
+    name: Mapped[str] = mapped_column(String(64), default="")  # score: its name
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # score: its value
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)  # edit: the corrected answer
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
 

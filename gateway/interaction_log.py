@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from sqlalchemy import null as sql_null
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -199,16 +200,19 @@ class InteractionLog:
 
 def _row(rec: Record) -> dict:
     parse = parse_response if rec.kind == "responses" else parse_answer
-    text, finish_reason, usage = parse(rec.raw, rec.streamed) if rec.status == 200 else (None, None, {})
+    texts, finish_reason, usage = parse(rec.raw, rec.streamed) if rec.status == 200 else ([None], None, {})
     # Only served answers keep their prompt: a refused request's body is worth nothing to
     # training, and storing it would let a client write 4 MiB rows for free.
     prompt = prompt_of(rec.request_body, rec.kind) if rec.status == 200 else None
-    if text is not None:
-        text = text.replace("\x00", "")  # a model can emit one; PostgreSQL cannot store it
+    # a model can emit NUL; PostgreSQL cannot store it
+    texts = [text.replace("\x00", "") if text is not None else None for text in texts]
+    text = texts[0]
     return {
         "id": rec.id, "key_id": rec.key_id, "tenant": rec.tenant, "end_user": rec.end_user,
         "requested_model": rec.requested_model, "adapter_version": rec.adapter_version, "arm": rec.arm,
         "kind": rec.kind, "prompt": prompt, "response": text if rec.keep_text else None,
+        # every choice's text, for feedback on choice k (SQL NULL, not JSON null, for one choice)
+        "choices": [t or "" for t in texts] if rec.keep_text and len(texts) > 1 else sql_null(),
         "finish_reason": finish_reason, "status": rec.status,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
         "latency_ms": rec.latency_ms, "regenerates": rec.regenerates, "created_at": rec.created_at,
@@ -245,8 +249,13 @@ def with_history(session: Session, rows: list[dict], previous: list[str | None])
         stored[row["id"]] = (row["prompt"], row["response"])  # a later row may continue this one
 
 
-def parse_response(raw: bytes, streamed: bool) -> tuple[str | None, str | None, dict]:
-    """(output text, finish reason, usage) of a Responses API answer or SSE stream."""
+def parse_response(raw: bytes, streamed: bool) -> tuple[list[str | None], str | None, dict]:
+    """([output text], finish reason, usage) of a Responses API answer or SSE stream."""
+    text, finish_reason, usage = _parse_response(raw, streamed)
+    return [text], finish_reason, usage
+
+
+def _parse_response(raw: bytes, streamed: bool) -> tuple[str | None, str | None, dict]:
     try:
         if not streamed:
             return response_items.answer(json.loads(raw))
@@ -264,15 +273,16 @@ def parse_response(raw: bytes, streamed: bool) -> tuple[str | None, str | None, 
         return None, None, {}
 
 
-def parse_answer(raw: bytes, streamed: bool) -> tuple[str | None, str | None, dict]:
-    """(text of the first choice, its finish reason, usage) from a response body or SSE stream."""
+def parse_answer(raw: bytes, streamed: bool) -> tuple[list[str | None], str | None, dict]:
+    """(text of each choice, the first choice's finish reason, usage) from a response body
+    or SSE stream; ([None], None, {}) when it cannot be read."""
     try:
         if not streamed:
             body = json.loads(raw)
-            choice = body["choices"][0]
-            text = choice["message"]["content"] if "message" in choice else choice.get("text")
-            return text, choice.get("finish_reason"), body.get("usage") or {}
-        parts: list[str] = []
+            choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
+            texts = [c["message"]["content"] if "message" in c else c.get("text") for c in choices]
+            return texts or [None], choices[0].get("finish_reason"), body.get("usage") or {}
+        parts: dict[int, list[str]] = {0: []}
         finish_reason, usage = None, {}  # type: tuple[str | None, dict]
         for line in raw.split(b"\n"):
             if not line.startswith(b"data: ") or line == b"data: [DONE]":
@@ -280,11 +290,11 @@ def parse_answer(raw: bytes, streamed: bool) -> tuple[str | None, str | None, di
             chunk = json.loads(line[6:])
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or []:
-                if choice.get("index", 0) != 0:
-                    continue
+                index = choice.get("index", 0)
                 delta = choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
-                parts.append(delta or "")
-                finish_reason = choice.get("finish_reason") or finish_reason
-        return "".join(parts), finish_reason, usage
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None, None, {}
+                parts.setdefault(index, []).append(delta or "")
+                if index == 0:
+                    finish_reason = choice.get("finish_reason") or finish_reason
+        return ["".join(parts.get(i, [])) for i in range(max(parts) + 1)], finish_reason, usage
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return [None], None, {}

@@ -71,6 +71,9 @@ class GatewayMetrics:
         self.feedback = Counter(
             "loraloop_feedback", "Ratings stored, by what served the rated answer.",
             ["rating", "adapter_version", "arm"], registry=r)
+        self.signals = Counter(
+            "loraloop_feedback_signals", "Feedback beyond a thumb stored (preference, edit, score, copied, "
+            "regenerated), by what served the answer.", ["kind", "adapter_version", "arm"], registry=r)
         self.db_stats = StatsSnapshot()
 
     def bind(self, state: GatewayState) -> None:

@@ -117,33 +117,35 @@ class FakeFleet:
                     text = " ".join(f"word{i}" for i in range(replica.stream_words))
                 usage = bool((body.get("stream_options") or {}).get("include_usage"))
                 return httpx.Response(200, headers={"content-type": "text/event-stream"},
-                                      content=_sse(rid, body["model"], text, chat, usage))
+                                      content=_sse(rid, body["model"], text, chat, usage, body.get("n") or 1))
             if replica.answer_delay_s:
                 try:
                     await asyncio.sleep(replica.answer_delay_s)
                 except asyncio.CancelledError:  # what vLLM sees as the client going away
                     replica.aborted += 1
                     raise
-            message = {"role": "assistant", "content": text}
-            choice = ({"index": 0, "message": message, "finish_reason": "stop"}
-                      if chat else {"index": 0, "text": text, "finish_reason": "stop"})
+            texts = [text] + [f"{text} (choice {k})" for k in range(1, body.get("n") or 1)]
+            choices = [{"index": k, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                       if chat else {"index": k, "text": t, "finish_reason": "stop"} for k, t in enumerate(texts)]
             return httpx.Response(200, json={
                 "id": ("chatcmpl-" if chat else "cmpl-") + rid,
                 "object": "chat.completion" if chat else "text_completion",
-                "created": 0, "model": body["model"], "choices": [choice],
+                "created": 0, "model": body["model"], "choices": choices,
                 "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
         return httpx.Response(404, json={"detail": "Not Found"})
 
 
-async def _sse(rid: str, model: str, text: str, chat: bool, usage: bool = False):
+async def _sse(rid: str, model: str, text: str, chat: bool, usage: bool = False, choices: int = 1):
     words = text.split(" ")
     for n, word in enumerate(words):
-        delta = {"index": 0, "delta": {"content": word + " "}} if chat else {"index": 0, "text": word + " "}
-        if n == len(words) - 1:
-            delta["finish_reason"] = "stop"
-        chunk = {"id": ("chatcmpl-" if chat else "cmpl-") + rid, "object": "chat.completion.chunk",
-                 "created": 0, "model": model, "choices": [delta]}
-        yield f"data: {json.dumps(chunk)}\n\n".encode()
+        for index in range(choices):  # choice k says "k:" before each word
+            said = f"{index}:{word} " if index else word + " "
+            delta = {"index": index, "delta": {"content": said}} if chat else {"index": index, "text": said}
+            if n == len(words) - 1:
+                delta["finish_reason"] = "stop"
+            chunk = {"id": ("chatcmpl-" if chat else "cmpl-") + rid, "object": "chat.completion.chunk",
+                     "created": 0, "model": model, "choices": [delta]}
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
     if usage:  # as vLLM does with stream_options.include_usage: a last chunk without choices
         chunk = {"id": ("chatcmpl-" if chat else "cmpl-") + rid, "object": "chat.completion.chunk",
                  "created": 0, "model": model, "choices": [],

@@ -51,10 +51,22 @@ from sqlalchemy import Select, Text, and_, case, cast, exists, func, literal, or
 from sqlalchemy.orm import Session
 
 from adapters.feedback import purge_before, purge_user, votes
-from adapters.schema import CONVERSATION_KINDS, DEFAULT_TENANT, Alias, Interaction, SegmentAssignment, utcnow
+from adapters.schema import (
+    CONVERSATION_KINDS,
+    DEFAULT_TENANT,
+    IMPLICIT_SIGNALS,
+    Alias,
+    Interaction,
+    SegmentAssignment,
+    SignalKind,
+    utcnow,
+)
 from adapters.segments import segment_alias
+from trainer.signal_data import SignalRow, choice_text, signal_counts, signal_rows
 
 BATCH = 1000  # rows per fetch: a round trip's cost amortised, memory flat whatever the table's size
+# An implicit signal ("copied", "regenerated" without a link) weighs this much of a thumb.
+IMPLICIT_WEIGHT = 0.25
 
 
 @dataclass
@@ -135,7 +147,8 @@ def _rated(cfg: DataConfig) -> Select:
     admitted += scope_filters(cfg)
     v = votes(*admitted)  # the vote's window then ranks only these answers' ratings
     return (select(i.c.id, i.c.prompt, i.c.response, i.c.kind, i.c.end_user, i.c.adapter_version,
-                   i.c.regenerates, i.c.created_at, i.c.segment, v.c.rating.label("score"))
+                   i.c.regenerates, i.c.created_at, i.c.segment, v.c.rating.label("score"),
+                   v.c.choice.label("choice"), i.c.choices)
             .join(v, v.c.interaction_id == i.c.id))
 
 
@@ -144,15 +157,16 @@ def _stream(session: Session, query: Select) -> Iterator[Any]:
     yield from session.execute(query.execution_options(yield_per=BATCH))
 
 
-def _answer(row: Any) -> Answer:
-    return Answer(row.id, row.prompt, prompt_key(row.prompt), row.response, row.kind, row.end_user, row.score)
+def _text(row: Any) -> str:
+    """The rated choice's text ("" where a choice's text is not stored)."""
+    return choice_text(row.response, row.choices, row.choice) or ""
 
 
 def rated_answers(session: Session, cfg: DataConfig) -> Iterator[Answer]:
     """Every rated answer `cfg` admits, in the order they were served, streamed."""
     rated = _rated(cfg).subquery()
-    for row in _stream(session, select(rated).order_by(rated.c.created_at, rated.c.id)):
-        yield _answer(row)
+    for row in _stream(session, select(rated).order_by(rated.c.created_at, rated.c.id, rated.c.choice)):
+        yield Answer(row.id, row.prompt, prompt_key(row.prompt), _text(row), row.kind, row.end_user, row.score)
 
 
 def served_prompts(session: Session, cfg: DataConfig, alias: str, limit: int, per_user: int,
@@ -224,8 +238,9 @@ def for_alias(session: Session, alias: str, cfg: DataConfig) -> DataConfig:
         replace(cfg, tenant=DEFAULT_TENANT, exclude_tenants=owning)
 
 
-def _turn(answer: Answer, text: str) -> Any:
-    return [{"role": "assistant", "content": text}] if answer.kind in CONVERSATION_KINDS else text
+def _turn(kind: str, text: str) -> Any:
+    """An answer's `text` as a TRL completion: an assistant turn where `kind` is chat-shaped."""
+    return [{"role": "assistant", "content": text}] if kind in CONVERSATION_KINDS else text
 
 
 class _Cap:
@@ -275,10 +290,11 @@ def _by_prompt(session: Session, cfg: DataConfig, regenerations_only: bool) -> S
     linked = placed.c.original_score < 0
     keep = and_(linked, placed.c.links > 0) if regenerations_only else or_(placed.c.link == 0, linked)
     # the prompt comes as group_text only: parsed once per prompt, not once per answer
-    columns = [placed.c[name] for name in ("id", "response", "kind", "end_user", "score", "link", "group_text")]
+    columns = [placed.c[name] for name in ("id", "response", "kind", "end_user", "score", "link", "group_text",
+                                           "choice", "choices")]
     columns.append(case((placed.c.link == 1, placed.c.own_text)).label("own_text"))  # a link's own prompt only
     return select(*columns).where(keep).order_by(placed.c.group_text, placed.c.original_at, placed.c.original,
-                                                 placed.c.link, placed.c.created_at, placed.c.id)
+                                                 placed.c.link, placed.c.created_at, placed.c.id, placed.c.choice)
 
 
 def _prompt_groups(session: Session, cfg: DataConfig,
@@ -296,7 +312,7 @@ def _prompt_groups(session: Session, cfg: DataConfig,
             # and a pair on the training side whose own prompt is held out (or the reverse)
             # would let a judge be checked on answers it trained on.
             if row.own_text == text or _split(prompt_key(json.loads(row.own_text)), cfg) == _split(key, cfg):
-                links.append((Answer(row.id, None, "", row.response, row.kind, row.end_user, row.score),
+                links.append((Answer(row.id, None, "", _text(row), row.kind, row.end_user, row.score),
                               answers[-1]))
             continue
         if row.group_text != text:
@@ -305,7 +321,7 @@ def _prompt_groups(session: Session, cfg: DataConfig,
             answers, links = [], []
             text, prompt = row.group_text, json.loads(row.group_text)
             key = prompt_key(prompt)
-        answers.append(Answer(row.id, prompt, key, row.response, row.kind, row.end_user, row.score))
+        answers.append(Answer(row.id, prompt, key, _text(row), row.kind, row.end_user, row.score))
     if answers:
         yield answers, links
 
@@ -320,8 +336,8 @@ def _group_pairs(answers: list[Answer], links: list[tuple[Answer, Answer]]) -> t
         for chosen, rejected in candidates:
             if chosen.text != rejected.text and (chosen.text, rejected.text) not in seen:
                 seen.add((chosen.text, rejected.text))
-                out.append((chosen.end_user, {"prompt": rejected.prompt, "chosen": _turn(chosen, chosen.text),
-                                              "rejected": _turn(rejected, rejected.text), "source": source}))
+                out.append((chosen.end_user, {"prompt": rejected.prompt, "chosen": _turn(chosen.kind, chosen.text),
+                                              "rejected": _turn(rejected.kind, rejected.text), "source": source}))
         return out
 
     regenerations = pairs(links, "regeneration")
@@ -329,45 +345,101 @@ def _group_pairs(answers: list[Answer], links: list[tuple[Answer, Answer]]) -> t
     return regenerations, pairs([(c, r) for c in liked for r in disliked], "same_prompt")
 
 
-def _dpo_groups(session: Session, cfg: DataConfig) -> Iterator[tuple[str, list[dict]]]:
-    """(prompt key, its capped DPO pairs) for every prompt, one prompt at a time.
-    Regeneration pairs win the per-user cap: a first pass over the regeneration links counts
-    each user's, and that user's same-prompt pairs get the room those leave."""
+def _signals(session: Session, cfg: DataConfig, kinds: Sequence[str], unrated: bool = False) -> Iterator[SignalRow]:
+    """The counted signals of `kinds` on the answers `cfg` admits (trainer/signal_data.py);
+    with `unrated`, only on answers nobody gave a thumb."""
+    i = Interaction.__table__
+    admitted = scope_filters(cfg) + ([i.c.adapter_version == cfg.adapter_version] if cfg.adapter_version else [])
+    return signal_rows(session, admitted, kinds, unrated)
+
+
+def _signal_pairs(session: Session, cfg: DataConfig) -> Iterator[tuple[str, str, dict]]:
+    """(prompt key, user, pair) from the users' own verdicts: a preference between two
+    answers, and an edit over the answer it corrects."""
+    for row in _signals(session, cfg, (SignalKind.preference, SignalKind.edit)):
+        chosen, rejected = (row.text, row.other) if row.kind == SignalKind.preference else (row.other, row.text)
+        if chosen is not None and rejected is not None and chosen != rejected:
+            yield prompt_key(row.prompt), row.end_user, {
+                "prompt": row.prompt, "chosen": _turn(row.conversation, chosen),
+                "rejected": _turn(row.conversation, rejected), "source": row.kind}
+
+
+def _dpo_groups(session: Session, cfg: DataConfig) -> Iterator[tuple[str, list[dict], bool]]:
+    """(prompt key, its capped DPO pairs, whether it is a rated prompt's group), a group at a
+    time: first a group per verdict pair (preferences, edits), then every rated prompt's.
+    The users' own words win the per-user cap: verdicts first, then regeneration pairs (a
+    first pass over the regeneration links counts each user's), and a user's same-prompt
+    pairs get the room those leave."""
     regenerated = Counter(user for group in _prompt_groups(session, cfg, regenerations_only=True)
                           for user, _ in _group_pairs(*group)[0])
     first, rest = _Cap(cfg.max_per_user), _Cap(cfg.max_per_user)
+    for key, user, pair in _signal_pairs(session, cfg):
+        if first.take(user):
+            regenerated[user] += 1  # room the same-prompt pairs leave for it
+            yield key, [pair], False
     for answers, links in _prompt_groups(session, cfg):
         regenerations, same_prompt = _group_pairs(answers, links)
         yield answers[0].prompt_key, [e for user, e in regenerations if first.take(user)] + [
-            e for user, e in same_prompt if rest.take(user, reserved=min(regenerated[user], cfg.max_per_user))]
+            e for user, e in same_prompt if rest.take(user, reserved=min(regenerated[user], cfg.max_per_user))], True
 
 
 def dpo_pairs(session: Session, cfg: DataConfig) -> Iterator[Example]:
     """Capped DPO pairs (see the module's rules), streamed."""
-    for key, pairs in _dpo_groups(session, cfg):
+    for key, pairs, _ in _dpo_groups(session, cfg):
         for example in pairs:
             yield key, _split(key, cfg), example
 
 
 def kto_examples(session: Session, cfg: DataConfig) -> Iterator[Example]:
-    """Capped KTO examples: every rated answer, labelled by its vote."""
+    """Capped KTO examples: every rated answer, labelled by its vote; then every edit, a
+    desirable completion; then implicit signals on answers nobody rated, each a weak label
+    kept with probability IMPLICIT_WEIGHT (a deterministic draw by the answer: it weighs
+    that much of a thumb, in expectation)."""
     cap = _Cap(cfg.max_per_user)
     for a in rated_answers(session, cfg):
         if a.score != 0 and cap.take(a.end_user):
             yield a.prompt_key, _split(a.prompt_key, cfg), {
-                "prompt": a.prompt, "completion": _turn(a, a.text), "label": a.score > 0}
+                "prompt": a.prompt, "completion": _turn(a.kind, a.text), "label": a.score > 0}
+    for row in _signals(session, cfg, (SignalKind.edit,)):
+        key = prompt_key(row.prompt)
+        if row.other is not None and cap.take(row.end_user):
+            yield key, _split(key, cfg), {"prompt": row.prompt, "completion": _turn(row.conversation, row.other),
+                                          "label": True}
+    for row in _signals(session, cfg, IMPLICIT_SIGNALS, unrated=True):
+        key = prompt_key(row.prompt)
+        if _drawn(key + row.text, IMPLICIT_WEIGHT) and cap.take(row.end_user):
+            yield key, _split(key, cfg), {"prompt": row.prompt, "completion": _turn(row.conversation, row.text),
+                                          "label": row.kind == SignalKind.copied, "source": "implicit"}
+
+
+def _drawn(seed: str, weight: float) -> bool:
+    return int(hashlib.sha256(seed.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < weight
 
 
 def sft_examples(session: Session, cfg: DataConfig) -> Iterator[Example]:
-    """Capped SFT examples: liked chat answers as whole conversations."""
+    """Capped SFT examples: liked chat answers as whole conversations, then the users'
+    corrections of answers (edits) likewise."""
     cap = _Cap(cfg.max_per_user)
     for a in rated_answers(session, cfg):
         if a.score > 0 and a.kind in CONVERSATION_KINDS and cap.take(a.end_user):
             yield a.prompt_key, _split(a.prompt_key, cfg), {
                 "messages": [*a.prompt, {"role": "assistant", "content": a.text}]}
+    for row in _signals(session, cfg, (SignalKind.edit,)):
+        key = prompt_key(row.prompt)
+        if row.conversation in CONVERSATION_KINDS and row.other is not None and cap.take(row.end_user):
+            yield key, _split(key, cfg), {"messages": [*row.prompt, {"role": "assistant", "content": row.other}]}
 
 
-BUILDERS = {"dpo": dpo_pairs, "kto": kto_examples, "sft": sft_examples}
+def score_examples(session: Session, cfg: DataConfig) -> Iterator[Example]:
+    """Named scores as `prompt/completion/name/value` rows (TRL has no format for them: for a
+    reward model or an evaluation of the app's own). Not capped: nothing trains on them here."""
+    for row in _signals(session, cfg, (SignalKind.score,)):
+        key = prompt_key(row.prompt)
+        yield key, _split(key, cfg), {"prompt": row.prompt, "completion": _turn(row.conversation, row.text),
+                                      "name": row.name, "value": row.value, "comment": row.comment}
+
+
+BUILDERS = {"dpo": dpo_pairs, "kto": kto_examples, "sft": sft_examples, "scores": score_examples}
 
 
 def examples(session: Session, fmt: str, cfg: DataConfig) -> Iterator[tuple[str, dict]]:
@@ -384,7 +456,7 @@ def sample_pairs(session: Session, cfg: DataConfig, most: int, seed: int = 0, pe
     stays at `most` pairs however large the store."""
     rng, seen = random.Random(seed), 0
     kept: list[dict] = []
-    for key, pairs in _dpo_groups(session, cfg):
+    for key, pairs, _ in _dpo_groups(session, cfg):
         if _split(key, cfg) != "train":
             continue
         for example in rng.sample(pairs, min(len(pairs), per_prompt)):
@@ -407,14 +479,15 @@ def build(session: Session, fmt: str, cfg: DataConfig) -> dict[str, list[dict]]:
 def _pair_stats(session: Session, cfg: DataConfig) -> dict:
     """The report's prompt and pair figures, counted from one streamed DPO pass."""
     splits, sources, per_prompt, prompts = Counter[str](), Counter[str](), [], 0
-    for key, pairs in _dpo_groups(session, cfg):
-        prompts += 1
+    for key, pairs, rated_prompt in _dpo_groups(session, cfg):
+        prompts += rated_prompt
         if pairs:
             per_prompt.append(len(pairs))
             splits[_split(key, cfg)] += len(pairs)
             sources.update(p["source"] for p in pairs)
     return {"prompts": prompts, "dpo_pairs": {"train": splits["train"], "heldout": splits["heldout"]},
-            "pair_sources": {s: sources[s] for s in ("regeneration", "same_prompt") if sources[s]},
+            "pair_sources": {s: sources[s] for s in ("preference", "edit", "regeneration", "same_prompt")
+                             if sources[s]},
             "pairs_per_prompt": {"max": max(per_prompt, default=0),
                                  "mean": round(sum(per_prompt) / len(per_prompt), 2) if per_prompt else 0}}
 
@@ -462,6 +535,7 @@ def report(session: Session, cfg: DataConfig) -> dict:
         # as the requests declared them ("": none); a label's rows stay under it after it gets an alias
         "per_segment": dict(sorted(segments.items())),
         "per_kind": dict(sorted(counted(rated.c.kind).items())),  # chat | completions | responses
+        **signal_counts(session, scope_filters(cfg)),  # feedback beyond thumbs: per kind; scores per name
     }
 
 

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from adapters import segments
 from adapters.db import make_engine, make_sessionmaker, upgrade
-from adapters.schema import Alias, Feedback, Interaction, Lease, TrainingRun, as_utc, utcnow
+from adapters.schema import Alias, Feedback, Interaction, Lease, Signal, SignalKind, TrainingRun, as_utc, utcnow
 from adapters.settings import StoreSettings
 from trainer import segment_learning
 from trainer.data import DataConfig, for_alias, scope_filters
@@ -71,8 +71,8 @@ class SchedulerSettings(StoreSettings):
 
 
 def new_ratings_since_last_run(session: Session, alias: str, cross_tenant: bool, live_run: bool) -> int:
-    """Ratings of `alias`'s feedback (trainer/data.py `for_alias`) since its last run that used
-    them: one that finished with a verdict, or one in progress (`live_run`: someone holds the
+    """Ratings and other feedback that trains `alias` (trainer/data.py `for_alias`) since its
+    last run that used them: one that finished with a verdict, or one in progress (`live_run`: someone holds the
     lease; a run still marked running while nobody does was killed and used nothing). Runs
     from before runs recorded their alias count for the default alias."""
     used = TrainingRun.outcome.in_(["approved", "rejected", "running"] if live_run else ["approved", "rejected"])
@@ -80,11 +80,16 @@ def new_ratings_since_last_run(session: Session, alias: str, cross_tenant: bool,
         (TrainingRun.alias == alias) | TrainingRun.alias.is_(None)
     last = session.scalar(select(func.max(TrainingRun.started_at)).where(used, mine))
     scope = for_alias(session, alias, DataConfig(cross_tenant=cross_tenant))
-    query = (select(func.count()).select_from(Feedback).join(Interaction, Interaction.id == Feedback.interaction_id)
-             .where(*scope_filters(scope)))
-    if last is not None:
-        query = query.where(Feedback.updated_at > last)
-    return int(session.scalar(query) or 0)
+    total = 0
+    # thumbs, and the feedback beyond them that trains (preferences, edits, implicit signals;
+    # scores train nothing)
+    for table, trains in ((Feedback, None), (Signal, Signal.kind != SignalKind.score)):
+        query = (select(func.count()).select_from(table).join(Interaction, Interaction.id == table.interaction_id)
+                 .where(*scope_filters(scope), *([trains] if trains is not None else [])))
+        if last is not None:
+            query = query.where(table.updated_at > last)
+        total += int(session.scalar(query) or 0)
+    return total
 
 
 def trained_aliases(sessions: sessionmaker, configured: str, segments_too: bool = True) -> list[str]:

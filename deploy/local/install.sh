@@ -23,6 +23,12 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id 
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
     || echo "install.sh: could not install prometheus; its tests will skip" >&2
 fi
+# The official openai Node SDK, for the contract tests with clients loraloop did not write
+# (tests/node, from its lock file); without Node.js and npm those tests skip.
+if command -v npm >/dev/null; then
+  npm ci --prefix tests/node --silent --no-audit --no-fund >/dev/null \
+    || echo "install.sh: could not install the openai Node SDK; its contract test will skip" >&2
+fi
 .venv/bin/python -c "import vllm, peft, trl, fastapi, openai, gateway, trainer, adapters" 2>/dev/null \
   || { echo "install.sh: the environment does not import; see the pip output above" >&2; exit 1; }
 echo "loraloop installed in .venv"

@@ -1,9 +1,10 @@
-"""Durable ratings at thousands per second: group commit.
+"""Durable feedback at thousands per second: group commit.
 
-Each `POST /v1/feedback` puts its rating on a queue and waits; one writer task takes every
-rating waiting at that moment, commits them in one transaction (one fsync on SQLite with
-synchronous=FULL) and only then wakes the requests, which answer 2xx. An acknowledged rating
-is therefore on disk, and the cost of the fsync is shared by the whole batch.
+Each `POST /v1/feedback` puts its rating (or other feedback: adapters/signals.py) on a
+queue and waits; one writer task takes every rating waiting at that moment, commits them in
+one transaction (one fsync on SQLite with synchronous=FULL) and only then wakes the
+requests, which answer 2xx. An acknowledged rating is therefore on disk, and the cost of the
+fsync is shared by the whole batch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.orm import sessionmaker
 from adapters.db import is_outage
 from adapters.errors import InvalidRequest, NotStoredYet
 from adapters.feedback import Rating, RatingResult, write_ratings
+from adapters.signals import SignalIn, write_signals
 from gateway.interaction_log import InteractionLog
 
 if TYPE_CHECKING:
@@ -38,33 +40,36 @@ class RatingWriter:
         # cheaper to commit (bench/README.md); alone, a rating waits at most this long extra.
         self.linger_s = linger_s
         self.pending_wait_s = pending_wait_s
-        self.queue: asyncio.Queue[tuple[Rating, asyncio.Future[RatingResult]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Rating | SignalIn, asyncio.Future[RatingResult]]] = asyncio.Queue()
 
-    async def submit(self, rating: Rating) -> RatingResult:
+    async def submit(self, rating: Rating | SignalIn) -> RatingResult:
         pending = self.interactions.pending
-        if rating.interaction_id in pending:
+        answers = _answers(rating)  # a preference is about two
+        for answer in answers:
+            if answer not in pending:
+                continue
             # An answer served a moment ago: wait for that answer's row only, here, not in the
             # writer (which would hold up every other rating). The row can take seconds on a
             # busy SQLite (a writer waits up to its 30 s busy timeout for the lock). While the
             # database is away the wait ends at once and writing the rating fails fast (503
             # database_unavailable).
             with anyio.move_on_after(self.pending_wait_s):
-                await self.interactions.wait_written(rating.interaction_id)
-            if rating.interaction_id in pending and not self.interactions.database_away:
+                await self.interactions.wait_written(answer)
+            if answer in pending and not self.interactions.database_away:
                 raise NotStoredYet("This answer is not stored yet (the database is slow); retry the rating "
                                    "shortly.", param="id")
         result = await self._submit_once(rating)
-        if not result.stored and rating.interaction_id not in pending:
+        if not result.stored and not result.invalid and not pending.intersection(answers):
             # With several gateway replicas, the answer may have been served by another one
             # whose interaction log has not written it yet: give that log time to flush.
             await asyncio.sleep(3 * self.interactions.flush_interval_s)
             result = await self._submit_once(rating)
-        if not result.stored and rating.interaction_id in pending:  # served here: never a 404
+        if not result.stored and pending.intersection(answers):  # served here: never a 404
             raise NotStoredYet("This answer is not stored yet (the database was away); retry the rating "
                                "shortly.", param="id")
         return result
 
-    async def _submit_once(self, rating: Rating) -> RatingResult:
+    async def _submit_once(self, rating: Rating | SignalIn) -> RatingResult:
         future: asyncio.Future[RatingResult] = asyncio.get_running_loop().create_future()
         await self.queue.put((rating, future))
         return await future
@@ -96,11 +101,14 @@ class RatingWriter:
                     future.set_exception(result)
                     continue
                 if result.stored and self.metrics is not None:
-                    self.metrics.feedback.labels("up" if rating.rating > 0 else "down",
-                                                 result.adapter_version or "", result.arm).inc()
+                    if isinstance(rating, SignalIn):
+                        self.metrics.signals.labels(rating.kind, result.adapter_version or "", result.arm).inc()
+                    else:
+                        self.metrics.feedback.labels("up" if rating.rating > 0 else "down",
+                                                     result.adapter_version or "", result.arm).inc()
                 future.set_result(result)
 
-    def _write_each(self, ratings: list[Rating]) -> list[RatingResult | Exception]:
+    def _write_each(self, ratings: list[Rating | SignalIn]) -> list[RatingResult | Exception]:
         results: list[RatingResult | Exception] = []
         for rating in ratings:
             try:
@@ -113,6 +121,15 @@ class RatingWriter:
                 results.append(InvalidRequest("This rating cannot be stored (the database refused a value in it)."))
         return results
 
-    def _write(self, ratings: list[Rating]) -> list[RatingResult]:
+    def _write(self, batch: list[Rating | SignalIn]) -> list[RatingResult]:
+        """One transaction for the batch; results in the batch's order."""
+        ratings = [r for r in batch if isinstance(r, Rating)]
+        signals = [s for s in batch if isinstance(s, SignalIn)]
         with self.sessions.begin() as session:
-            return write_ratings(session, ratings)
+            rated = iter(write_ratings(session, ratings) if ratings else [])
+            signalled = iter(write_signals(session, signals) if signals else [])
+            return [next(rated) if isinstance(item, Rating) else next(signalled) for item in batch]
+
+
+def _answers(rating: Rating | SignalIn) -> tuple[str, ...]:
+    return rating.ids if isinstance(rating, SignalIn) else (rating.interaction_id,)

@@ -427,9 +427,10 @@ def test_the_migrations_build_what_schema_py_declares(db_url: str) -> None:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "-1")
-        with engine.connect() as conn:  # 0011, learned segments
-            assert "segment_assignments" not in inspect(conn).get_table_names()
-            assert not {"learned", "deleted_at", "taste"} & {c["name"] for c in inspect(conn).get_columns("aliases")}
+        with engine.connect() as conn:  # 0012, feedback signals
+            assert "feedback_signals" not in inspect(conn).get_table_names()
+            assert "choice" not in {c["name"] for c in inspect(conn).get_columns("feedback")}
+            assert "choices" not in {c["name"] for c in inspect(conn).get_columns("interactions")}
         upgrade(engine)
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []

@@ -70,7 +70,7 @@ def test_rating_is_stored_and_a_changed_mind_replaces_it(gw: Gateway) -> None:
     completion = chat(gw.sdk(), "default", user="ann").parse()
     first = rate(gw, id=completion.id, rating="up")
     assert first.status_code == 200
-    assert first.json() == {"object": "feedback", "id": completion.id, "rating": "up", "user": "ann",
+    assert first.json() == {"object": "feedback", "id": completion.id, "kind": "rating", "rating": "up", "user": "ann",
                             "replaced": False}
     again = rate(gw, id=completion.id, rating=-1, comment="on second thought, too long")
     assert again.status_code == 200 and again.json()["replaced"] is True
@@ -181,7 +181,8 @@ def test_the_openai_sdk_can_send_feedback(gw: Gateway) -> None:
     answer = client.chat.completions.create(model="default", user="ada",
                                             messages=[{"role": "user", "content": "hi"}])
     stored = client.post("/feedback", cast_to=object, body={"id": answer.id, "rating": "up"})
-    assert stored == {"object": "feedback", "id": answer.id, "rating": "up", "user": "ada", "replaced": False}
+    assert stored == {"object": "feedback", "id": answer.id, "kind": "rating", "rating": "up", "user": "ada",
+                      "replaced": False}
     with pytest.raises(openai.NotFoundError):
         client.post("/feedback", cast_to=object, body={"id": "chatcmpl-unknown", "rating": "up"})
 

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from adapters import leases
 from adapters.schema import TrainingRun
+from adapters.signals import SignalIn, write_signals
 from tests.unit.test_preference_data import Store
 from trainer.scheduler import LEASE, SchedulerSettings, build_scheduler, next_run, run_once
 
@@ -61,6 +62,21 @@ def test_ratings_that_cannot_train_the_alias_start_no_run(db_url: str, tmp_path:
     add_ratings(store, 5, tenant="acme")
     assert run_once(settings, approved) == "not_enough_data"
     assert runs(store) == []
+
+
+def test_preferences_and_edits_count_as_new_feedback_and_scores_do_not(db_url: str, tmp_path: Path) -> None:
+    store, settings = Store(db_url), settings_for(db_url, tmp_path)
+    a, b = store.answer("q", "one", tenant="default"), store.answer("q", "two", tenant="default")
+    signals = [SignalIn(a, 0, "score", None, "default", name="accuracy", value=1.0),
+               SignalIn(b, 0, "score", None, "default", name="accuracy", value=0.0),
+               SignalIn(a, 0, "preference", None, "default", other_id=b)]
+    with store.sessions.begin() as session:
+        assert all(r.stored for r in write_signals(session, signals[:2]))
+    assert run_once(settings, approved) == "not_enough_data"  # scores train nothing
+    with store.sessions.begin() as session:
+        write_signals(session, [signals[2], SignalIn(a, 0, "edit", None, "default", text="better"),
+                                SignalIn(b, 0, "copied", None, "default")])
+    assert run_once(settings, approved) == "approved"
 
 
 def test_never_two_runs_at_once(db_url: str, tmp_path: Path) -> None:
