@@ -63,7 +63,8 @@ def vllm(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     # structured output: the demo model would pad JSON with newlines until its tokens run out.
     engine = EngineSettings(port=free_port(), max_loras=2, max_lora_rank=16, dtype="float32",
                             extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "hermes",
-                                        "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'])
+                                        "--structured-outputs-config",
+                                        '{"backend": "xgrammar", "disable_any_whitespace": true}'])
     supervisor = EngineSupervisor(str(demo_model), DEMO_MODEL_NAME, engine,
                                   tmp_path_factory.mktemp("vllm") / "vllm.log")
     supervisor.start()
