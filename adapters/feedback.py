@@ -37,10 +37,12 @@ class RatingResult:
     invalid: str = ""  # why an answer that was served refused this rating (a choice it does not have)
 
 
-def votes(*where: ColumnElement[bool]) -> Subquery:
-    """One vote per answer: (interaction_id, choice, rating) for every rated choice of an
-    interaction (of those matching `where`, conditions on Interaction: the window then ranks
-    only their ratings). Each choice of an `n` > 1 answer is an answer of its own.
+def votes(*where: ColumnElement[bool], per_choice: bool = False) -> Subquery:
+    """One vote per answer: (interaction_id, choice, rating) for every rated interaction (of
+    those matching `where`, conditions on Interaction: the window then ranks only their
+    ratings). An `n` > 1 answer's vote is its first choice's, so experiments and segments
+    count each request once (its choices are not independent draws, and one request must
+    not weigh `n` votes); with `per_choice` (training), each choice is an answer of its own.
 
     An answer's vote is its own end user's rating when they gave one, otherwise the first
     rating anyone gave it. A key may rate an answer under any `user` value it likes, so
@@ -51,7 +53,8 @@ def votes(*where: ColumnElement[bool]) -> Subquery:
         partition_by=(f.c.interaction_id, f.c.choice),
         order_by=(case((f.c.end_user == i.c.end_user, 0), else_=1), f.c.created_at, f.c.id))
     ranked = (select(f.c.interaction_id, f.c.choice, f.c.rating, rank.label("rank"))
-              .join(i, i.c.id == f.c.interaction_id).where(*where).subquery("ranked"))
+              .join(i, i.c.id == f.c.interaction_id).where(*where, *([] if per_choice else [f.c.choice == 0]))
+              .subquery("ranked"))
     return (select(ranked.c.interaction_id, ranked.c.choice, ranked.c.rating)
             .where(ranked.c.rank == 1).subquery("votes"))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Text, case, cast, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from adapters.feedback import RatingResult, choice_count, insert_for
@@ -43,10 +43,12 @@ def write_signals(session: Session, signals: list[SignalIn]) -> list[RatingResul
     conn = session.connection()
     interactions = Interaction.__table__
     ids = list({answer for s in signals for answer in s.ids})
-    found = {row.id: row for row in conn.execute(
-        select(interactions.c.id, interactions.c.tenant, interactions.c.end_user, interactions.c.adapter_version,
-               interactions.c.arm, interactions.c.prompt, interactions.c.choices)
-        .where(interactions.c.id.in_(ids)))}
+    columns = [interactions.c.id, interactions.c.tenant, interactions.c.end_user, interactions.c.adapter_version,
+               interactions.c.arm]
+    if any(s.choice or s.other_choice for s in signals):  # every choice's text, only when counted
+        columns.append(interactions.c.choices)
+    found = {row.id: row for row in conn.execute(select(*columns).where(interactions.c.id.in_(ids)))}
+    same_prompt = _same_prompt(session, {(s.interaction_id, s.other_id) for s in signals if s.kind == "preference"})
     signal = Signal.__table__
     existing = set(conn.execute(select(signal.c.interaction_id, signal.c.choice, signal.c.end_user, signal.c.kind,
                                        signal.c.name, signal.c.other_id, signal.c.other_choice)
@@ -59,7 +61,7 @@ def write_signals(session: Session, signals: list[SignalIn]) -> list[RatingResul
             results.append(RatingResult(stored=False))
             continue
         row = served[0]
-        problem = _problem(s, served)
+        problem = _problem(s, served, same_prompt)
         user = s.end_user if s.end_user is not None else row.end_user
         if problem:
             results.append(RatingResult(stored=False, invalid=problem, end_user=user))
@@ -79,7 +81,23 @@ def write_signals(session: Session, signals: list[SignalIn]) -> list[RatingResul
     return results
 
 
-def _problem(s: SignalIn, served: list) -> str:  # type: ignore[type-arg]
+def _same_prompt(session: Session, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], bool | None]:
+    """For each pair of answer ids, whether both were asked the same prompt (None: a prompt
+    is not stored). Compared in the database as text: prompts can weigh megabytes, and a
+    batch of preferences must not pull them all into the writer."""
+    if not pairs:
+        return {}
+    a, b = Interaction.__table__.alias("a"), Interaction.__table__.alias("b")
+    text_a, text_b = cast(a.c.prompt, Text), cast(b.c.prompt, Text)
+    unknown = or_(text_a.is_(None), text_b.is_(None), text_a == "null", text_b == "null")
+    rows = session.connection().execute(  # each side by its primary key, then the pairs
+        select(a.c.id, b.c.id, case((unknown, None), (text_a == text_b, True), else_=False))
+        .select_from(a.join(b, tuple_(a.c.id, b.c.id).in_(list(pairs))))
+        .where(a.c.id.in_({x for x, _ in pairs}), b.c.id.in_({y for _, y in pairs})))
+    return {(x, y): same for x, y, same in rows}
+
+
+def _problem(s: SignalIn, served: list, same_prompt: dict[tuple[str, str], bool | None]) -> str:  # type: ignore[type-arg]
     if s.choice >= choice_count(served[0]):
         return f"choice: the answer has {choice_count(served[0])} choice(s)"
     if s.kind != "preference":
@@ -88,8 +106,10 @@ def _problem(s: SignalIn, served: list) -> str:  # type: ignore[type-arg]
     if s.other_choice >= choice_count(other):
         return f"other: that answer has {choice_count(other)} choice(s)"
     if (s.interaction_id, s.choice) == (s.other_id or s.interaction_id, s.other_choice):
-        return "preferred and other must be different answers"
-    prompts = [row.prompt for row in served]
-    if all(isinstance(p, (list, str)) for p in prompts) and prompts[0] != prompts[-1]:
-        return "preferred and other must answer the same prompt"
+        return "other: preferred and other must be different answers"
+    same = same_prompt.get((s.interaction_id, s.other_id))
+    if same is None:
+        return "preferred: the answers' prompts were not logged (the key logs no prompts), so they cannot be paired"
+    if not same:
+        return "other: preferred and other must answer the same prompt"
     return ""

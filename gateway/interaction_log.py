@@ -212,7 +212,8 @@ def _row(rec: Record) -> dict:
         "requested_model": rec.requested_model, "adapter_version": rec.adapter_version, "arm": rec.arm,
         "kind": rec.kind, "prompt": prompt, "response": text if rec.keep_text else None,
         # every choice's text, for feedback on choice k (SQL NULL, not JSON null, for one choice)
-        "choices": [t or "" for t in texts] if rec.keep_text and len(texts) > 1 else sql_null(),
+        # (a key that logs no text keeps only how many there were)
+        "choices": [(t or "") if rec.keep_text else "" for t in texts] if len(texts) > 1 else sql_null(),
         "finish_reason": finish_reason, "status": rec.status,
         "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
         "latency_ms": rec.latency_ms, "regenerates": rec.regenerates, "created_at": rec.created_at,
@@ -234,8 +235,9 @@ def with_history(session: Session, rows: list[dict], previous: list[str | None])
     """Completes the prompt of each Responses API answer that continued a conversation
     (`previous[i]`, its previous response) with the conversation so far, read from the
     stored previous answer (or one earlier in `rows`), so it trains as the whole exchange.
-    Where that history is not stored (a key that logs no text), the prompt is dropped:
-    half a conversation would teach answers to questions nobody asked."""
+    Where that history is not stored (a key that logs no text, a previous answer of tool
+    calls only, a purged one), the prompt is dropped (SQL NULL: never trained on): half a
+    conversation would teach answers to questions nobody asked."""
     wanted = {p for p in previous if p}
     if not wanted:
         return
@@ -243,10 +245,12 @@ def with_history(session: Session, rows: list[dict], previous: list[str | None])
     stored = {row.id: (row.prompt, row.response) for row in session.execute(
         select(i.c.id, i.c.prompt, i.c.response).where(i.c.id.in_(wanted)))}
     for row, before in zip(rows, previous, strict=True):
-        if before and row["prompt"] is not None:
+        if before and isinstance(row["prompt"], list):
             prompt, answer = stored.get(before, (None, None))
-            row["prompt"] = response_items.continued(prompt, answer, row["prompt"])
-        stored[row["id"]] = (row["prompt"], row["response"])  # a later row may continue this one
+            whole = response_items.continued(prompt, answer, row["prompt"])
+            row["prompt"] = whole if whole is not None else sql_null()
+        # a later row may continue this one
+        stored[row["id"]] = (row["prompt"] if isinstance(row["prompt"], list) else None, row["response"])
 
 
 def parse_response(raw: bytes, streamed: bool) -> tuple[list[str | None], str | None, dict]:

@@ -113,8 +113,6 @@ def install(app: FastAPI) -> None:
             schema["paths"]["/v1/responses/{response_id}"] = {"get": {
                 "summary": "A stored response this key's tenant received", "operationId": "v1_responses_get",
                 **stored}}
-            schema["paths"]["/v1/responses/{response_id}/cancel"] = {"post": {
-                "summary": "Cancel a response", "operationId": "v1_responses_cancel", **stored}}
             schema["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             app.openapi_schema = schema
         return app.openapi_schema

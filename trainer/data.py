@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Select, Text, and_, case, cast, exists, func, literal, or_, select, union_all
+from sqlalchemy import Select, String, Text, and_, case, cast, exists, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from adapters.feedback import purge_before, purge_user, votes
@@ -145,7 +145,7 @@ def _rated(cfg: DataConfig) -> Select:
     if cfg.adapter_version is not None:
         admitted.append(i.c.adapter_version == cfg.adapter_version)
     admitted += scope_filters(cfg)
-    v = votes(*admitted)  # the vote's window then ranks only these answers' ratings
+    v = votes(*admitted, per_choice=True)  # the vote's window then ranks only these answers' ratings
     return (select(i.c.id, i.c.prompt, i.c.response, i.c.kind, i.c.end_user, i.c.adapter_version,
                    i.c.regenerates, i.c.created_at, i.c.segment, v.c.rating.label("score"),
                    v.c.choice.label("choice"), i.c.choices)
@@ -275,9 +275,11 @@ def _by_prompt(session: Session, cfg: DataConfig, regenerations_only: bool) -> S
     join: PostgreSQL estimates votes() at 0.5% of its rows (a default selectivity for its
     `rank = 1`) and nest-looped a join of it with itself (70,000 x 70,000 rows)."""
     rated = _rated(cfg).cte("rated")
-    both = union_all(select(rated, rated.c.id.label("original"), literal(0).label("link")),
+    # A regeneration links to an answer's first choice; its other choices stand alone.
+    own = case((rated.c.choice == 0, rated.c.id), else_=rated.c.id + literal(":") + cast(rated.c.choice, String))
+    both = union_all(select(rated, own.label("original"), literal(0).label("link")),
                      select(rated, rated.c.regenerates.label("original"), literal(1).label("link"))
-                     .where(rated.c.regenerates.is_not(None), rated.c.score > 0)).subquery()
+                     .where(rated.c.regenerates.is_not(None), rated.c.score > 0, rated.c.choice == 0)).subquery()
 
     def of_original(column: Any) -> Any:  # the original's value, on its own row and its links'
         return func.max(case((both.c.link == 0, column))).over(partition_by=both.c.original)
@@ -359,7 +361,7 @@ def _signal_pairs(session: Session, cfg: DataConfig) -> Iterator[tuple[str, str,
     for row in _signals(session, cfg, (SignalKind.preference, SignalKind.edit)):
         chosen, rejected = (row.text, row.other) if row.kind == SignalKind.preference else (row.other, row.text)
         if chosen is not None and rejected is not None and chosen != rejected:
-            yield prompt_key(row.prompt), row.end_user, {
+            yield prompt_key(row.prompt), row.answer_user, {
                 "prompt": row.prompt, "chosen": _turn(row.conversation, chosen),
                 "rejected": _turn(row.conversation, rejected), "source": row.kind}
 
@@ -402,12 +404,12 @@ def kto_examples(session: Session, cfg: DataConfig) -> Iterator[Example]:
                 "prompt": a.prompt, "completion": _turn(a.kind, a.text), "label": a.score > 0}
     for row in _signals(session, cfg, (SignalKind.edit,)):
         key = prompt_key(row.prompt)
-        if row.other is not None and cap.take(row.end_user):
+        if row.other is not None and cap.take(row.answer_user):
             yield key, _split(key, cfg), {"prompt": row.prompt, "completion": _turn(row.conversation, row.other),
                                           "label": True}
     for row in _signals(session, cfg, IMPLICIT_SIGNALS, unrated=True):
         key = prompt_key(row.prompt)
-        if _drawn(key + row.text, IMPLICIT_WEIGHT) and cap.take(row.end_user):
+        if _drawn(key + row.text, IMPLICIT_WEIGHT) and cap.take(row.answer_user):
             yield key, _split(key, cfg), {"prompt": row.prompt, "completion": _turn(row.conversation, row.text),
                                           "label": row.kind == SignalKind.copied, "source": "implicit"}
 
@@ -426,7 +428,7 @@ def sft_examples(session: Session, cfg: DataConfig) -> Iterator[Example]:
                 "messages": [*a.prompt, {"role": "assistant", "content": a.text}]}
     for row in _signals(session, cfg, (SignalKind.edit,)):
         key = prompt_key(row.prompt)
-        if row.conversation in CONVERSATION_KINDS and row.other is not None and cap.take(row.end_user):
+        if row.conversation in CONVERSATION_KINDS and row.other is not None and cap.take(row.answer_user):
             yield key, _split(key, cfg), {"messages": [*row.prompt, {"role": "assistant", "content": row.other}]}
 
 

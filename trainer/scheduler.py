@@ -81,10 +81,12 @@ def new_ratings_since_last_run(session: Session, alias: str, cross_tenant: bool,
     last = session.scalar(select(func.max(TrainingRun.started_at)).where(used, mine))
     scope = for_alias(session, alias, DataConfig(cross_tenant=cross_tenant))
     total = 0
-    # thumbs, and the feedback beyond them that trains (preferences, edits, implicit signals;
-    # scores train nothing)
-    for table, trains in ((Feedback, None), (Signal, Signal.kind != SignalKind.score)):
-        query = (select(func.count()).select_from(table).join(Interaction, Interaction.id == table.interaction_id)
+    # thumbs, and the answers with feedback beyond them that trains (preferences, edits,
+    # implicit signals; scores train nothing), each once however many users sent it
+    for table, counted, trains in ((Feedback, func.count(), None),
+                                   (Signal, func.count(func.distinct(Signal.interaction_id)),
+                                    Signal.kind != SignalKind.score)):
+        query = (select(counted).select_from(table).join(Interaction, Interaction.id == table.interaction_id)
                  .where(*scope_filters(scope), *([trains] if trains is not None else [])))
         if last is not None:
             query = query.where(table.updated_at > last)

@@ -72,7 +72,7 @@ def read_votes(session: Session, parent: str, tenant: str, learned: list[str], c
     i, f = Interaction, Feedback
     query = (select(i.id, i.end_user, func.substr(i.response, 1, TEXT_CHARS).label("text"), i.adapter_version,
                     i.requested_model, f.rating)
-             .join(f, (f.interaction_id == i.id) & (f.end_user == i.end_user))
+             .join(f, (f.interaction_id == i.id) & (f.end_user == i.end_user) & (f.choice == 0))
              .where(i.tenant == tenant, i.requested_model.in_([parent, *learned]), i.status == 200,
                     i.response.is_not(None), i.end_user != "", f.rating != 0,
                     (i.segment == "") | i.requested_model.in_(learned))

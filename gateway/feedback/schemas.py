@@ -58,6 +58,13 @@ class FeedbackRequest(BaseModel):
             raise ValueError("must not contain NUL (\\u0000) characters")
         return value
 
+    @field_validator("preferred", "other", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        if isinstance(value, bool):  # pydantic would take `true` for choice 1
+            raise ValueError("an answer id or a choice index, not a boolean")
+        return value
+
     @field_validator("preferred", "other")
     @classmethod
     def _id_or_choice(cls, value: str | int | None) -> str | int | None:
@@ -108,6 +115,9 @@ class FeedbackRequest(BaseModel):
         else:
             if self.id is not None and self.id != preferred:
                 raise InvalidRequest("with answer ids in preferred and other, leave id out", param="id")
+            if self.choice:
+                raise InvalidRequest("with answer ids in preferred and other, `choice` means nothing: prefer "
+                                     "choices of one answer with `id` and two choice indexes", param="choice")
             if preferred == other:
                 raise InvalidRequest("preferred and other must be different answers", param="other")
 

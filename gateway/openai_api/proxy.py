@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from adapters.errors import AdapterLoadFailed, NoHealthyUpstream, UpstreamTimeout
+from adapters.errors import AdapterLoadFailed, NoHealthyUpstream, StoreUnavailable, UpstreamTimeout
 from adapters.fleet import Fleet, Replica
 from gateway.interaction_log import InteractionLog, Record
 from gateway.openai_api.ids import answer_id
@@ -144,6 +144,9 @@ class Forwarder:
                 if response is not None:
                     return response
                 break
+        if pinned is not None:
+            raise StoreUnavailable(f"The model server that stores response {body.get('previous_response_id')!r} "
+                                   "did not answer; retry shortly, or start over without it.")
         if load_failed is not None:
             # Generic for the app: the load failures name upstream URLs and file paths.
             raise AdapterLoadFailed("The adapter could not be loaded on any model server; "

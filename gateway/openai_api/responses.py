@@ -2,11 +2,12 @@
 
 `POST /v1/responses` is served like a chat completion (routed by `model`, attributed,
 logged, rateable by its id; router.py). vLLM keeps what it stores in the memory of the
-replica that answered (ids.py), so three things must reach that replica: a request that
-continues a conversation (`previous_response_id`), `GET /v1/responses/{id}` and
-`POST /v1/responses/{id}/cancel`. They do, or are refused with a clear error: 404 for an id
-this key's tenant was never served (another tenant's conversation is not theirs to read or
-continue), 503 `response_store_unavailable` while the replica that stores it is down.
+replica that answered (ids.py), so two things must reach that replica: a request that
+continues a conversation (`previous_response_id`) and `GET /v1/responses/{id}`. They do, or
+are refused with a clear error: 404 for an id this key's tenant was never served (another
+tenant's conversation is not theirs to read or continue), 503 `response_store_unavailable`
+while the replica that stores it is down. (No cancel: background responses, the only kind
+vLLM cancels, are refused; a client stops a foreground one by closing its connection.)
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from __future__ import annotations
 import asyncio
 
 import anyio
+import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
-from adapters.errors import NotFound, StoreUnavailable
+from adapters.errors import NotFound, StoreUnavailable, UpstreamTimeout
 from adapters.feedback import tenant_of
 from adapters.fleet import Replica
 from gateway.auth import client_address
 from gateway.openai_api.ids import replica_of
-from gateway.openai_api.proxy import ClosingStreamingResponse
+from gateway.openai_api.proxy import BROKEN, UNREACHABLE, ClosingStreamingResponse
 from gateway.state import GatewayState
 
 # A response served a moment ago may still wait in the interaction log (as for ratings).
@@ -65,21 +67,21 @@ def _lookup(state: GatewayState, response_id: str) -> str | None:
 async def retrieve(request: Request) -> Response:
     """`GET /v1/responses/{id}`: the stored response, from the replica that stores it
     (`?stream=true&starting_after=N` replays its events, as vLLM does)."""
-    return await _relay_stored(request, "GET", "")
-
-
-async def cancel(request: Request) -> Response:
-    """`POST /v1/responses/{id}/cancel`."""
-    return await _relay_stored(request, "POST", "/cancel")
-
-
-async def _relay_stored(request: Request, method: str, suffix: str) -> Response:
     state: GatewayState = request.app.state.gateway
     caller = await state.auth.authenticate(request.headers.get("authorization"), client_address(request))
     response_id = request.path_params["response_id"]
     replica = await stored_replica(state, response_id, caller.tenant)
-    upstream = await state.client.send(state.client.build_request(
-        method, f"{replica.url}/v1/responses/{response_id}{suffix}", params=request.query_params), stream=True)
+    try:
+        upstream = await state.client.send(state.client.build_request(
+            "GET", f"{replica.url}/v1/responses/{response_id}", params=request.query_params), stream=True)
+    except (*UNREACHABLE, *BROKEN) as exc:  # it died since its last probe
+        state.fleet.mark_down(replica, exc)
+        raise StoreUnavailable(f"The model server that stores response {response_id!r} is unavailable; retry "
+                               "shortly.") from None
+    except httpx.TimeoutException as exc:
+        state.fleet.report_failure(replica, exc)
+        raise UpstreamTimeout(f"The model server that stores response {response_id!r} did not answer in "
+                              "time.") from None
     headers = {"content-type": upstream.headers.get("content-type", "application/json")}
     if not headers["content-type"].startswith("text/event-stream"):
         try:

@@ -74,7 +74,6 @@ router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
 router.add_route("/v1/completions", completions, methods=["POST"])
 router.add_route("/v1/responses", create_response, methods=["POST"])
 router.add_route("/v1/responses/{response_id}", responses.retrieve, methods=["GET"])
-router.add_route("/v1/responses/{response_id}/cancel", responses.cancel, methods=["POST"])
 
 
 @router.get("/models")

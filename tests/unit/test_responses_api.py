@@ -6,12 +6,14 @@ from __future__ import annotations
 import openai
 import pytest
 
+from adapters.db import make_engine, make_sessionmaker
 from adapters.schema import Interaction
 from gateway.openai_api import response_items
 from gateway.openai_api.ids import replica_tag
 from tests.fake_vllm import BASE
 from tests.unit.harness import Gateway, new_key
 from tests.unit.test_feedback import rate, rows
+from trainer.data import DataConfig, build
 
 
 def test_a_response_is_routed_by_model_attributed_logged_and_rateable(gw: Gateway) -> None:
@@ -71,11 +73,30 @@ def test_a_conversation_whose_replica_is_down_is_refused_clearly(gw: Gateway) ->
     assert gw.sdk().responses.create(model="default", input="hello").output_text
 
 
+def test_a_continuation_of_an_unlogged_answer_is_stored_but_never_trains(gw: Gateway) -> None:
+    quiet = gw.sdk(new_key(gw, log_prompts=False)).responses.create(model="default", input="private")
+    follow = gw.sdk().responses.create(model="default", input="and then?", previous_response_id=quiet.id)
+    rate(gw, id=follow.id, rating="up")
+    logged = {i.id: i for i in rows(gw, Interaction)}[follow.id]
+    assert logged.prompt is None and logged.response == follow.output_text  # half a conversation: no prompt
+    engine = make_engine(gw.settings.db_url)
+    with make_sessionmaker(engine)() as session:
+        assert build(session, "sft", DataConfig(heldout_fraction=0.0))["train"] == []
+    engine.dispose()
+
+
+def test_retrieving_from_a_replica_that_just_died_is_a_503(gw: Gateway) -> None:
+    first = gw.sdk().responses.create(model="default", input="hello")
+    gw.fleet.replicas[_replica(gw, first.id)].down = True  # not yet noticed by a probe
+    with pytest.raises(openai.InternalServerError) as refused:
+        gw.sdk().responses.retrieve(first.id)
+    assert refused.value.status_code == 503 and refused.value.code == "response_store_unavailable"
+
+
 def test_another_tenants_response_is_not_found(gw: Gateway) -> None:
     theirs = gw.sdk(new_key(gw, tenant="globex")).responses.create(model="default", input="secret plans")
     for call in (lambda sdk: sdk.responses.retrieve(theirs.id),
-                 lambda sdk: sdk.responses.create(model="default", input="go on", previous_response_id=theirs.id),
-                 lambda sdk: sdk.responses.cancel(theirs.id)):
+                 lambda sdk: sdk.responses.create(model="default", input="go on", previous_response_id=theirs.id)):
         with pytest.raises(openai.NotFoundError):
             call(gw.sdk())
     with pytest.raises(openai.NotFoundError):  # an id no one was served

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from adapters.db import make_engine, make_sessionmaker
-from adapters.feedback import purge_user
+from adapters.feedback import purge_user, votes
 from adapters.schema import Feedback, Interaction, Signal
 from tests.unit.harness import Gateway, new_key
 from tests.unit.test_feedback import rate, rows
@@ -62,6 +62,13 @@ def test_each_choice_of_an_n_answer_is_rated_and_they_pair(gw: Gateway) -> None:
         {(texts[2], texts[0]), (texts[1], texts[0])}
     assert figures(gw)["liked"] == 2
 
+    # experiments and segments count the request once; training each choice
+    engine = make_engine(gw.settings.db_url)
+    with make_sessionmaker(engine)() as session:
+        counted = [session.scalar(select(func.count()).select_from(votes(per_choice=per))) for per in (False, True)]
+    engine.dispose()
+    assert counted == [1, 3]
+
     refused = rate(gw, id=answer.id, choice=3, rating="up")
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "choice"
     one = ask(gw)  # a one-choice answer has choice 0 only
@@ -89,6 +96,32 @@ def test_a_preference_between_two_answers_is_a_pair_counted_once(gw: Gateway) ->
     assert [(p["source"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == \
         [("preference", b.choices[0].message.content, a.choices[0].message.content)]
     assert figures(gw)["pair_sources"] == {"preference": 1} and figures(gw)["signals"] == {"preference": 2}
+
+
+def test_a_user_who_changes_their_mind_is_heard_and_invented_users_share_one_cap(gw: Gateway) -> None:
+    a, b = ask(gw, "Plan my trip"), ask(gw, "Plan my trip")
+    rate(gw, preferred=a.id, other=b.id)
+    rate(gw, preferred=b.id, other=a.id)  # the same user (ann), the other way round: this one counts
+    [pair] = data(gw, "dpo")
+    assert pair["chosen"][0]["content"] == b.choices[0].message.content
+    # a key attributing verdicts on ann's answers to invented users is still capped as ann
+    for n in range(4):
+        c, d = ask(gw, f"prompt {n}"), ask(gw, f"prompt {n}")
+        rate(gw, preferred=c.id, other=d.id, user=f"invented-{n}")
+    rows(gw, Interaction)
+    engine = make_engine(gw.settings.db_url)
+    with make_sessionmaker(engine)() as session:
+        capped = build(session, "dpo", DataConfig(heldout_fraction=0.0, max_per_user=2))["train"]
+    engine.dispose()
+    assert len(capped) == 2
+
+
+def test_answers_whose_prompts_were_not_logged_cannot_be_paired(gw: Gateway) -> None:
+    quiet = new_key(gw, log_prompts=False)
+    a, b = ask(gw, "secret", key=quiet), ask(gw, "secret", key=quiet)
+    refused = rate(gw, preferred=a.id, other=b.id)
+    assert refused.status_code == 400 and "not logged" in refused.json()["error"]["message"]
+    assert rate(gw, preferred=True, other=0, id=a.id).status_code == 400  # a boolean is no choice index
 
 
 def test_a_preference_between_choices_of_one_answer(gw: Gateway) -> None:

@@ -66,7 +66,7 @@ def test_ratings_that_cannot_train_the_alias_start_no_run(db_url: str, tmp_path:
 
 def test_preferences_and_edits_count_as_new_feedback_and_scores_do_not(db_url: str, tmp_path: Path) -> None:
     store, settings = Store(db_url), settings_for(db_url, tmp_path)
-    a, b = store.answer("q", "one", tenant="default"), store.answer("q", "two", tenant="default")
+    a, b, c = (store.answer("q", text, tenant="default") for text in ("one", "two", "three"))
     signals = [SignalIn(a, 0, "score", None, "default", name="accuracy", value=1.0),
                SignalIn(b, 0, "score", None, "default", name="accuracy", value=0.0),
                SignalIn(a, 0, "preference", None, "default", other_id=b)]
@@ -75,7 +75,10 @@ def test_preferences_and_edits_count_as_new_feedback_and_scores_do_not(db_url: s
     assert run_once(settings, approved) == "not_enough_data"  # scores train nothing
     with store.sessions.begin() as session:
         write_signals(session, [signals[2], SignalIn(a, 0, "edit", None, "default", text="better"),
-                                SignalIn(b, 0, "copied", None, "default")])
+                                *(SignalIn(b, 0, "copied", f"bot{i}", "default") for i in range(20))])
+    assert run_once(settings, approved) == "not_enough_data"  # two answers, however many users
+    with store.sessions.begin() as session:
+        write_signals(session, [SignalIn(c, 0, "copied", None, "default")])
     assert run_once(settings, approved) == "approved"
 
 
