@@ -191,6 +191,9 @@ def test_implicit_signals_are_weak_labels_only_where_nobody_rated(gw: Gateway) -
     ({"id": "X", "edit": ""}, "edit"),
     ({"id": "X", "choice": -1, "rating": "up"}, "choice"),
     ({"id": "X"}, "rating"),
+    ({"id": "X", "edit": "a\x00b"}, "edit"),
+    ({"id": "X", "name": "n\x00", "value": 1.0}, "name"),
+    ({"id": "X", "choice": 10**9, "rating": "up"}, "choice"),
 ])
 def test_bad_feedback_is_refused_and_changes_nothing(gw: Gateway, body: dict, param: str) -> None:
     answer = ask(gw)
@@ -199,6 +202,14 @@ def test_bad_feedback_is_refused_and_changes_nothing(gw: Gateway, body: dict, pa
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["param"] == param and refused.json()["error"]["type"] == "invalid_request_error"
     assert count(gw, Feedback) == count(gw, Signal) == 0
+
+
+def test_a_score_out_of_float_range_is_refused(gw: Gateway) -> None:
+    answer = ask(gw)
+    refused = gw.http.post("/v1/feedback", content=f'{{"id": "{answer.id}", "name": "a", "value": 1e400}}',
+                           headers={"authorization": f"Bearer {gw.app_key}", "content-type": "application/json"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "value"
+    assert count(gw, Signal) == 0
 
 
 def test_signals_are_counted_in_metrics_and_purged_with_the_user(gw: Gateway) -> None:
